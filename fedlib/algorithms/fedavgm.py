@@ -1,0 +1,20 @@
+"""FedAvgM: FedAvg with server momentum (SPEC section 1).
+
+    v <- beta * v + Delta_bar;   x_{r+1} = x_r + eta_g * v
+"""
+import torch
+
+from fedlib.algorithms.base import Algorithm, mean_delta
+from fedlib.config import Float
+
+
+class FedAvgM(Algorithm):
+    name = "fedavgm"
+    hparams = {"beta": Float(0.9, ge=0, lt=1)}
+    metric_names = ("server_momentum_norm",)
+
+    def server_update(self, x, results, info):
+        v = self.state.get("v", torch.zeros_like(x))
+        v = self.hp.beta * v + mean_delta(results)
+        self.state["v"] = v
+        return x + self.train.server_lr * v, {"server_momentum_norm": v.norm().item()}

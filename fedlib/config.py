@@ -1,0 +1,238 @@
+"""The params.yaml schema: every key, its type and its allowed values, checked before any work.
+
+A section is a dict ``key -> Field``. Algorithms declare their own hyper-parameters
+(``Algorithm.hparams``) and are validated under ``methods.<name>``; other modules declare
+their sections in ``SECTIONS`` below. ``load_params`` returns nested namespaces
+(``p.train.rounds``) with defaults filled in, or raises ``ParamsError`` naming the key,
+the value and what is allowed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params.yaml key is unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: str                      # "int" | "float" | "bool" | "str" | "choice" | "list"
+    default: Any = None
+    ge: float | None = None        # inclusive lower bound
+    gt: float | None = None        # exclusive lower bound
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple = ()
+    item: "Field | None" = None    # element schema for lists
+    min_len: int = 0
+
+    def allowed(self) -> str:
+        if self.kind == "choice":
+            return "one of " + ", ".join(map(str, self.choices))
+        if self.kind == "list":
+            return f"a list (at least {self.min_len} items) of {self.item.allowed()}"
+        parts = []
+        if self.gt is not None:
+            parts.append(f"> {self.gt}")
+        if self.ge is not None:
+            parts.append(f">= {self.ge}")
+        if self.lt is not None:
+            parts.append(f"< {self.lt}")
+        if self.le is not None:
+            parts.append(f"<= {self.le}")
+        noun = {"int": "an integer", "float": "a number", "bool": "true or false",
+                "str": "a string"}[self.kind]
+        return noun + (" " + " and ".join(parts) if parts else "")
+
+    def check(self, name: str, value: Any) -> Any:
+        def fail():
+            raise ParamsError(f"params: {name} = {value!r} is not allowed; expected {self.allowed()}")
+
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                fail()
+            return value
+        if self.kind == "str":
+            if not isinstance(value, str):
+                fail()
+            return value
+        if self.kind == "choice":
+            if value not in self.choices:
+                fail()
+            return value
+        if self.kind == "list":
+            if not isinstance(value, list) or len(value) < self.min_len:
+                fail()
+            return [self.item.check(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail()
+        if self.kind == "int":
+            if not isinstance(value, int):
+                fail()
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                fail()
+        if ((self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
+                or (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt)):
+            fail()
+        return value
+
+
+def Int(default=None, **kw):
+    return Field("int", default, **kw)
+
+
+def Float(default=None, **kw):
+    return Field("float", default, **kw)
+
+
+def Bool(default=None):
+    return Field("bool", default)
+
+
+def Str(default=None):
+    return Field("str", default)
+
+
+def Choice(default, *choices):
+    return Field("choice", default, choices=tuple(choices))
+
+
+def List(item: Field, default=None, min_len=0):
+    return Field("list", default, item=item, min_len=min_len)
+
+
+DATASETS = ("mnist5k", "digits", "synthetic", "fmnist", "cifar10", "cifar100")
+MODELS = ("mlp", "cnn", "resnet18")
+
+SECTIONS: dict[str, dict[str, Field]] = {
+    "data": {
+        "dataset": Choice("mnist5k", *DATASETS),
+        "root": Str("data/raw"),
+        "test_fraction": Float(0.2, gt=0, lt=1),      # for datasets without a fixed test split
+        "synthetic_alpha": Float(1.0, ge=0),          # FedProx synthetic(alpha, beta)
+        "synthetic_beta": Float(1.0, ge=0),
+        "synthetic_samples": Int(6000, ge=100),
+        "seed": Int(0, ge=0),
+    },
+    "partition": {
+        "scheme": Choice("dirichlet", "iid", "dirichlet", "shards"),
+        "num_clients": Int(100, ge=1),
+        "alpha": Float(0.1, gt=0),                    # Dirichlet concentration
+        "classes_per_client": Int(2, ge=1),           # pathological shards (gamma)
+        "min_client_size": Int(2, ge=1),
+        "seed": Int(0, ge=0),
+    },
+    "train": {
+        "methods": List(Str(), ["fedavg"], min_len=1),
+        "seeds": List(Int(ge=0), [0], min_len=1),
+        "model": Choice("cnn", *MODELS),
+        "rounds": Int(50, ge=1),
+        "clients_per_round": Int(10, ge=1),
+        "local_epochs": Int(2, ge=1),
+        "batch_size": Int(20, ge=1),
+        "lr": Float(0.05, gt=0),                      # eta_0
+        "lr_decay": Float(1.0, gt=0, le=1),           # gamma: eta_r = eta_0 * gamma^r
+        "weight_decay": Float(0.0, ge=0),
+        "clip": Float(10.0, gt=0),                    # global-norm gradient clipping
+        "server_lr": Float(1.0, gt=0),                # eta_g
+        "eval_every": Int(1, ge=1),
+        "checkpoint_every": Int(1, ge=1),
+        "snapshot_rounds": List(Int(ge=0), []),       # global models kept for the analysis
+        "target_accuracies": List(Float(gt=0, le=1), [0.8, 0.9]),
+        "train_loss_samples": Int(1000, ge=1),
+        "eval_batch_size": Int(1000, ge=1),
+    },
+}
+
+
+def _check_section(name: str, schema: dict[str, Field], raw: Any) -> SimpleNamespace:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params: {name} must be a mapping of keys, got {raw!r}")
+    unknown = sorted(set(raw) - set(schema))
+    if unknown:
+        raise ParamsError(f"params: unknown key {name}.{unknown[0]}; allowed keys in {name}: "
+                          + ", ".join(sorted(schema)))
+    out = {}
+    for key, f in schema.items():
+        value = raw.get(key, f.default)
+        if value is None:
+            raise ParamsError(f"params: {name}.{key} is required; expected {f.allowed()}")
+        out[key] = f.check(f"{name}.{key}", value)
+    return SimpleNamespace(**out)
+
+
+def validate(raw: dict) -> SimpleNamespace:
+    """Check a params mapping and return it with defaults filled in."""
+    from fedlib.algorithms import REGISTRY  # algorithms declare their own hyper-parameters
+
+    if not isinstance(raw, dict):
+        raise ParamsError("params: the top level must be a mapping of sections")
+    sections = dict(SECTIONS)
+    unknown = sorted(set(raw) - set(sections) - {"methods"})
+    if unknown:
+        raise ParamsError(f"params: unknown section {unknown[0]}; allowed sections: "
+                          + ", ".join(sorted([*sections, "methods"])))
+    p = SimpleNamespace(**{name: _check_section(name, schema, raw.get(name))
+                           for name, schema in sections.items()})
+
+    methods_raw = raw.get("methods") or {}
+    if not isinstance(methods_raw, dict):
+        raise ParamsError("params: methods must map a method name to its hyper-parameters")
+    for m in [*p.train.methods, *methods_raw]:
+        if m not in REGISTRY:
+            raise ParamsError(f"params: unknown method {m!r}; allowed methods: " + ", ".join(sorted(REGISTRY)))
+    p.methods = SimpleNamespace(**{m: _check_section(f"methods.{m}", cls.hparams, methods_raw.get(m))
+                                   for m, cls in REGISTRY.items()})
+    _check_consistency(p)
+    return p
+
+
+def _check_consistency(p: SimpleNamespace) -> None:
+    """Constraints that tie keys together."""
+    t, part = p.train, p.partition
+    if t.clients_per_round > part.num_clients:
+        raise ParamsError(f"params: train.clients_per_round = {t.clients_per_round} exceeds "
+                          f"partition.num_clients = {part.num_clients}; allowed: 1..{part.num_clients}")
+    bad = [r for r in t.snapshot_rounds if r > t.rounds]
+    if bad:
+        raise ParamsError(f"params: train.snapshot_rounds contains {bad[0]} > train.rounds = {t.rounds}; "
+                          f"allowed: 0..{t.rounds}")
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> SimpleNamespace:
+    """Read and validate params.yaml; ``overrides`` maps dotted keys to values (for tests and sweeps)."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"params: file {path} not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    for dotted, value in (overrides or {}).items():
+        set_dotted(raw, dotted, value)
+    return validate(raw)
+
+
+def set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def to_dict(ns: Any) -> Any:
+    """Namespaces back to plain dicts (for JSON and hashing)."""
+    if isinstance(ns, SimpleNamespace):
+        return {k: to_dict(v) for k, v in vars(ns).items()}
+    if isinstance(ns, list):
+        return [to_dict(v) for v in ns]
+    return ns

@@ -1,0 +1,247 @@
+"""The round loop, owned in one place.
+
+Per round r: sample exactly S of N clients from a generator seeded by (seed, r); give each
+its data and a generator seeded by (seed, r, k); let the algorithm run the round; evaluate
+every ``eval_every`` rounds; append a row to ``metrics.csv`` (deterministic columns) and
+``timing.csv`` (wall seconds); checkpoint every ``checkpoint_every`` rounds. A killed run
+resumes from its checkpoint and ends with the same metrics.csv as an uninterrupted one.
+A non-finite loss stops the run with ``DivergenceError``; the last good checkpoint and the
+metrics so far are kept.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from fedlib import partition as partition_mod
+from fedlib.algorithms import REGISTRY
+from fedlib.algorithms.base import Algorithm, ClientData, RoundInfo, Worker, derive_seed
+from fedlib.config import to_dict
+from fedlib.data import Dataset, load_dataset
+from fedlib.models import build_model, num_params
+
+BASE_COLUMNS = ("round", "train_loss", "test_loss", "test_accuracy", "client_loss", "bytes_up", "bytes_down")
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class Federation:
+    """The dataset with each client's samples held as contiguous tensors."""
+    data: Dataset
+    client_x: list[torch.Tensor]
+    client_y: list[torch.Tensor]
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_y)
+
+
+def load_data(p: SimpleNamespace) -> Dataset:
+    d = p.data
+    return load_dataset(d.dataset, d.root, test_fraction=d.test_fraction, seed=d.seed,
+                        synthetic_alpha=d.synthetic_alpha, synthetic_beta=d.synthetic_beta,
+                        synthetic_samples=d.synthetic_samples, synthetic_clients=p.partition.num_clients)
+
+
+def federate(data: Dataset, parts: list[np.ndarray]) -> Federation:
+    idx = [torch.as_tensor(q) for q in parts]
+    return Federation(data, [data.x_train[i].contiguous() for i in idx], [data.y_train[i] for i in idx])
+
+
+def sample_clients(seed: int, r: int, num_clients: int, per_round: int) -> np.ndarray:
+    """Exactly S distinct clients, from a generator seeded by (seed, r)."""
+    return np.sort(np.random.default_rng(derive_seed(seed, r)).choice(num_clients, per_round, replace=False))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) in eval mode."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, len(y), batch_size):
+        out = model(x[i:i + batch_size])
+        loss += F.cross_entropy(out, y[i:i + batch_size], reduction="sum").item()
+        correct += (out.argmax(1) == y[i:i + batch_size]).sum().item()
+    model.train()
+    return loss / len(y), correct / len(y)
+
+
+def run_fingerprint(p: SimpleNamespace, method: str, seed: int) -> str:
+    """Hash of everything that determines a run's numbers; a checkpoint is reused only if it matches."""
+    t = {k: v for k, v in vars(p.train).items() if k not in ("methods", "seeds", "checkpoint_every")}
+    keys = {"data": to_dict(p.data), "partition": to_dict(p.partition), "train": t,
+            "hp": to_dict(getattr(p.methods, method)), "method": method, "seed": seed}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def make_algorithm(p: SimpleNamespace, method: str, fed: Federation, seed: int) -> tuple[Algorithm, torch.Tensor]:
+    model = build_model(p.train.model, fed.data.input_shape, fed.data.num_classes, seed=seed)
+    worker = Worker(model)
+    alg = REGISTRY[method](getattr(p.methods, method), p.train, worker, fed.num_clients)
+    return alg, worker.flat.clone()
+
+
+def train(p: SimpleNamespace, method: str, seed: int, out_dir: str | Path, *, fed: Federation,
+          ckpt_dir: str | Path | None = None, model_dir: str | Path | None = None,
+          progress: bool = True, stop_after: int | None = None) -> dict:
+    """Run one method with one seed; returns the summary written to ``out_dir/summary.json``.
+
+    ``stop_after`` ends the run early after that many rounds (as a kill would; used by tests).
+    """
+    t = p.train
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = Path(ckpt_dir or out_dir) / "checkpoint.pt"
+    torch.manual_seed(seed)
+    alg, x = make_algorithm(p, method, fed, seed)
+    worker = alg.worker
+    columns = [*BASE_COLUMNS, *alg.metric_names]
+    fingerprint = run_fingerprint(p, method, seed)
+    loss_idx = torch.randperm(len(fed.data.y_train), generator=torch.Generator().manual_seed(p.data.seed))
+    loss_idx = loss_idx[: t.train_loss_samples]
+    snapshots: dict[int, torch.Tensor] = {0: x.clone()} if 0 in t.snapshot_rounds else {}
+
+    start = 0
+    rows, timing = [], []
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        if ck["fingerprint"] == fingerprint:
+            start, x, snapshots = ck["round"], ck["x"], ck["snapshots"]
+            alg.load_state_dict(ck["algorithm"])
+            rows = [r for r in _read_csv(out_dir / "metrics.csv") if int(r["round"]) <= start]
+            timing = [r for r in _read_csv(out_dir / "timing.csv") if int(r["round"]) <= start]
+    metrics_f = _CsvLog(out_dir / "metrics.csv", columns, rows)
+    timing_f = _CsvLog(out_dir / "timing.csv", ["round", "train_s", "eval_s"], timing)
+
+    bar = tqdm(range(start, t.rounds), initial=start, total=t.rounds, desc=f"{method} seed {seed}",
+               disable=not progress, dynamic_ncols=True)
+    for r in bar:
+        t0 = time.perf_counter()
+        info = RoundInfo(r, t.lr * t.lr_decay ** r, x)
+        chosen = sample_clients(seed, r, fed.num_clients, t.clients_per_round)
+        clients = [ClientData(int(k), fed.client_x[k], fed.client_y[k],
+                              torch.Generator().manual_seed(derive_seed(seed, r, int(k)))) for k in chosen]
+        x_next, results, extra = alg.run_round(x, clients, info)
+        client_loss = float(np.mean([c.loss for c in results]))
+        if not math.isfinite(client_loss) or not torch.isfinite(x_next).all():
+            bar.close()
+            raise DivergenceError(
+                f"{method} seed {seed} diverged in round {r + 1}: local training loss = {client_loss}. "
+                f"Metrics up to round {r} are in {out_dir / 'metrics.csv'}; the last good checkpoint "
+                f"({ckpt_path}) is kept. Lower train.lr or the method's step sizes.")
+        x = x_next
+        t1 = time.perf_counter()
+
+        row = {"round": r + 1, "client_loss": client_loss,
+               "bytes_up": sum(c.bytes_up for c in results), "bytes_down": sum(c.bytes_down for c in results),
+               **{k: extra.get(k, "") for k in alg.metric_names}}
+        if (r + 1) % t.eval_every == 0 or r + 1 == t.rounds:
+            worker.load(x)
+            row["train_loss"], _ = evaluate(worker.model, fed.data.x_train[loss_idx], fed.data.y_train[loss_idx],
+                                            t.eval_batch_size)
+            row["test_loss"], row["test_accuracy"] = evaluate(worker.model, fed.data.x_test, fed.data.y_test,
+                                                              t.eval_batch_size)
+            if not math.isfinite(row["train_loss"]):
+                raise DivergenceError(f"{method} seed {seed}: the global model's training loss is "
+                                      f"{row['train_loss']} after round {r + 1}; last good checkpoint {ckpt_path}")
+            bar.set_postfix(acc=f"{row['test_accuracy']:.3f}", loss=f"{row['train_loss']:.3f}")
+        metrics_f.append(row)
+        timing_f.append({"round": r + 1, "train_s": t1 - t0, "eval_s": time.perf_counter() - t1})
+        if r + 1 in t.snapshot_rounds:
+            snapshots[r + 1] = x.clone()
+        if (r + 1) % t.checkpoint_every == 0 and r + 1 < t.rounds:
+            _atomic_save({"fingerprint": fingerprint, "round": r + 1, "x": x, "snapshots": snapshots,
+                          "algorithm": alg.state_dict()}, ckpt_path)
+        if stop_after is not None and r + 1 >= stop_after:
+            bar.close()
+            return {}
+    bar.close()
+
+    if model_dir is not None:
+        save_models(Path(model_dir) / "models.pt", p.train.model, fed.data, x, snapshots)
+    summary = summarise(_read_csv(out_dir / "metrics.csv"), _read_csv(out_dir / "timing.csv"),
+                        t.target_accuracies)
+    summary.update(method=method, seed=seed, rounds=t.rounds, num_params=num_params(worker.model),
+                   backprops_per_step=alg.backprops_per_step)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    ckpt_path.unlink(missing_ok=True)   # the run is complete; its results are the outputs
+    return summary
+
+
+def summarise(rows: list[dict], timing: list[dict], targets: list[float]) -> dict:
+    """Final and last-10-round mean accuracy, best accuracy and its round, rounds to targets."""
+    evals = [(int(r["round"]), float(r["test_accuracy"])) for r in rows if r["test_accuracy"] != ""]
+    accs = [a for _, a in evals]
+    best_round, best = max(evals, key=lambda e: (e[1], -e[0]))
+    train_s = sorted(float(r["train_s"]) for r in timing)
+    return {
+        "final_accuracy": accs[-1],
+        "last10_accuracy": float(np.mean(accs[-10:])),
+        "best_accuracy": best,
+        "best_round": best_round,
+        "final_test_loss": float(rows[-1]["test_loss"]) if rows[-1]["test_loss"] != "" else None,
+        "rounds_to_target": {f"{a:g}": next((r for r, acc in evals if acc >= a), None) for a in targets},
+        "seconds_per_round": train_s[len(train_s) // 2],
+        "total_seconds": sum(float(r["train_s"]) + float(r["eval_s"]) for r in timing),
+        "bytes_up": sum(int(r["bytes_up"]) for r in rows),
+        "bytes_down": sum(int(r["bytes_down"]) for r in rows),
+    }
+
+
+def save_models(path: Path, model_name: str, data: Dataset, x: torch.Tensor, snapshots: dict) -> None:
+    """The final global model and the snapshots (flat vectors) with what rebuilds the model."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save({"model": model_name, "input_shape": data.input_shape, "num_classes": data.num_classes,
+                  "final": x, "snapshots": snapshots}, path)
+
+
+def load_models(path: str | Path) -> dict:
+    return torch.load(path, weights_only=False)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class _CsvLog:
+    """A CSV rewritten with ``rows`` and then appended to (and flushed) one row at a time."""
+
+    def __init__(self, path: Path, columns: list[str], rows: list[dict]):
+        self.path, self.columns = path, columns
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, columns)
+            w.writeheader()
+            w.writerows(rows)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.columns).writerow({k: _fmt(row.get(k, "")) for k in self.columns})
+
+
+def _fmt(v):
+    return repr(v) if isinstance(v, float) else v
