@@ -92,7 +92,7 @@ def run_fingerprint(p: SimpleNamespace, method: str, seed: int) -> str:
 def make_algorithm(p: SimpleNamespace, method: str, fed: Federation, seed: int) -> tuple[Algorithm, torch.Tensor]:
     model = build_model(p.train.model, fed.data.input_shape, fed.data.num_classes, seed=seed)
     worker = Worker(model)
-    alg = REGISTRY[method](getattr(p.methods, method), p.train, worker, fed.num_clients)
+    alg = REGISTRY[method](getattr(p.methods, method), p.train, worker, fed)
     return alg, worker.flat.clone()
 
 

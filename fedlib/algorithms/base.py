@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedlib.models import flatten_
+
+if TYPE_CHECKING:
+    from fedlib.engine import Federation
 
 
 def derive_seed(*keys: int) -> int:
@@ -111,8 +114,10 @@ class Algorithm:
     up_vectors = 1                   # model-sized vectors sent back (Delta_k, Delta c_k, ...)
     metric_names: tuple[str, ...] = ()   # extra per-round columns returned by server_update
 
-    def __init__(self, hp: SimpleNamespace, train: SimpleNamespace, worker: Worker, num_clients: int):
-        self.hp, self.train, self.worker, self.num_clients = hp, train, worker, num_clients
+    def __init__(self, hp: SimpleNamespace, train: SimpleNamespace, worker: Worker, fed: "Federation"):
+        # fed: every client's data (engine.Federation); algorithms read it only for diagnostics
+        self.hp, self.train, self.worker, self.fed = hp, train, worker, fed
+        self.num_clients = fed.num_clients
         self.state: dict[str, Any] = {}   # mutable server state, saved in checkpoints
 
     # ----- checkpointing -----
