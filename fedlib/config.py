@@ -52,8 +52,10 @@ class Field:
         return noun + (" " + " and ".join(parts) if parts else "")
 
     def check(self, name: str, value: Any) -> Any:
+        given = value
+
         def fail():
-            raise ParamsError(f"params: {name} = {value!r} is not allowed; expected {self.allowed()}")
+            raise ParamsError(f"params: {name} = {given!r} is not allowed; expected {self.allowed()}")
 
         if self.kind == "bool":
             if not isinstance(value, bool):
@@ -112,6 +114,8 @@ def List(item: Field, default=None, min_len=0):
 
 DATASETS = ("mnist5k", "digits", "synthetic", "fmnist", "cifar10", "cifar100")
 MODELS = ("mlp", "cnn", "resnet18")
+SPLIT_METHODS = ("splitfed_v1", "splitfed_v2", "csefsl", "heron", "musplitfed")
+CUT_POINTS = ("conv1", "conv2", "fc1", "fc2", "stem", "layer1", "layer2", "layer3", "layer4")
 
 SECTIONS: dict[str, dict[str, Field]] = {
     "data": {
@@ -150,6 +154,33 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "target_accuracies": List(Float(gt=0, le=1), [0.8, 0.9]),
         "train_loss_samples": Int(1000, ge=1),
         "eval_batch_size": Int(1000, ge=1),
+    },
+    # split learning (fedlib/algorithms/split.py); method hyper-parameters live under methods.<name>
+    "split": {
+        "methods": List(Choice("splitfed_v1", *SPLIT_METHODS), list(SPLIT_METHODS), min_len=1),
+        "seeds": List(Int(ge=0), [0], min_len=1),
+        "model": Choice("cnn", *MODELS),
+        "cut": Choice("conv2", *CUT_POINTS),
+        "rounds": Int(60, ge=1),
+        "eval_every": Int(5, ge=1),
+        "num_clients": Int(10, ge=1),                 # the split runs' own partition
+        "clients_per_round": Int(5, ge=1),
+        "scheme": Choice("dirichlet", "iid", "dirichlet", "shards"),
+        "alpha": Float(0.5, gt=0),
+        "partition_seed": Int(0, ge=0),
+        "batch_size": Int(32, ge=1),
+        "local_steps": Int(5, ge=1),                  # h for SplitFed, CSE-FSL, HERON (MU-SplitFed: one batch)
+        "lr": Float(0.05, gt=0),                      # first-order step size (clients and server)
+        "mu_taus": List(Int(ge=1), [1, 2, 3, 4], min_len=1),
+        "mu_cuts": List(Choice("conv1", *CUT_POINTS), ["conv1", "conv2"], min_len=1),
+        "mu_rounds": Int(60, ge=1),
+        "client_flops_per_s": Float(1e9, gt=0),
+        "server_flops_per_s": Float(1e10, gt=0),
+        "link_bytes_per_s": Float(1e7, gt=0),
+        "straggler_share": Float(0.3, ge=0, le=1),
+        "straggler_delay_s": Float(1.0, ge=0),        # mean of the exponential extra delay
+        "delay_in_server_steps": List(Float(ge=0), [0.0, 1.0, 2.0, 3.0, 4.0], min_len=1),
+        "target_accuracy": Float(0.5, gt=0, le=1),
     },
 }
 

@@ -92,6 +92,17 @@ def build_model(name: str, input_shape, num_classes: int, seed: int = 0) -> Spli
     return MODELS[name](input_shape, num_classes)
 
 
+def auxiliary_head(client: nn.Module, input_shape, num_classes: int, hidden: int = 0, seed: int = 0) -> nn.Sequential:
+    """Local-loss head at the cut (CSE-FSL, HERON-SFL): flatten + one linear layer to the classes
+    (``hidden = 0``), or flatten + linear(hidden) + ReLU + linear. Sized by a forward of ``client``."""
+    with torch.no_grad():
+        width = client(torch.zeros(1, *input_shape)).numel()
+    torch.manual_seed(seed)
+    if hidden == 0:
+        return nn.Sequential(nn.Flatten(), nn.Linear(width, num_classes))
+    return nn.Sequential(nn.Flatten(), nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
 def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

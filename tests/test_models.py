@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+from fedlib.algorithms.base import Worker
+from fedlib.models import build_model, num_params
+
+
+def test_cnn_is_the_classic_fedavg_cnn():
+    assert num_params(build_model("cnn", (1, 28, 28), 10)) == 582_026
+
+
+@pytest.mark.parametrize("name, shape", [("mlp", (1, 8, 8)), ("cnn", (1, 28, 28)), ("cnn", (1, 8, 8)),
+                                         ("resnet18", (3, 16, 16))])
+def test_every_cut_composes_to_the_whole_model(name, shape):
+    model = build_model(name, shape, 10).eval()
+    x = torch.randn(4, *shape)
+    full = model(x)
+    for cut in model.cut_points:
+        client, server = model.split(cut)
+        assert torch.equal(server(client(x)), full)
+    with pytest.raises(ValueError, match="allowed"):
+        model.split("nope")
+
+
+def test_flat_buffers_alias_parameters_and_gradients():
+    w = Worker(build_model("mlp", (1, 8, 8), 10))
+    first = next(w.model.parameters())
+    w.flat[0] = 123.0
+    assert first.view(-1)[0] == 123.0
+    w.loss_grad(torch.randn(5, 1, 8, 8), torch.arange(5))
+    assert w.grad.abs().sum() > 0 and first.grad.data_ptr() == w.grad.data_ptr()
