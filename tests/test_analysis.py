@@ -1,0 +1,128 @@
+"""The analysis estimators against closed forms: the Hessian of a linear-regression loss is
+A^T A / n, the Hutchinson trace of a known matrix, filter norms, and the minibatch gradient
+noise of a linear model with known noise."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedlib.algorithms.base import Worker
+from fedlib.analysis.bounds import (batch_ascent, fixed_direction, gradient_noise, loglog_slope, noise_batches,
+                                    sweep_settings, wmsam_bound)
+from fedlib.analysis.hessian import Objective, hutchinson_trace, lanczos, power_iteration
+from fedlib.analysis.landscape import filter_normalised_direction, loss_line
+from fedlib.config import validate
+from tests.conftest import tiny_raw
+
+
+def half_mse(out, y):
+    """l = (1/2)(a^T w - y)^2 averaged over the batch: its Hessian is A^T A / n."""
+    return 0.5 * (out.squeeze(-1) - y).pow(2).mean()
+
+
+def linear_problem(n=400, d=6, noise=0.5, seed=0, scales=None):
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.ones(d) if scales is None else scales
+    a = torch.randn(n, d, generator=g) * scales
+    w_true = torch.randn(d, generator=g)
+    y = a @ w_true + noise * torch.randn(n, generator=g)
+    worker = Worker(nn.Linear(d, 1, bias=False))
+    return Objective(worker, a, y, loss=half_mse, batch_size=128), a, w_true
+
+
+def test_power_iteration_and_lanczos_recover_the_linear_regression_hessian():
+    scales = torch.tensor([4.0, 3.0, 2.0, 1.5, 1.0, 0.7, 0.5, 0.3])
+    obj, a, _ = linear_problem(n=500, d=8, scales=scales)
+    exact = torch.linalg.eigvalsh(a.T @ a / len(a)).flip(0)          # H = A^T A / n, descending
+    hvp = obj.hvp(torch.randn(8))                                    # H does not depend on w
+    values, vectors, _ = power_iteration(hvp, obj.dim, k=3, iters=2000, tol=1e-10, seed=1)
+    assert np.allclose(values, exact[:3], rtol=1e-3)
+    h = a.T @ a / len(a)
+    for lam, v in zip(values, vectors):
+        assert torch.allclose(h @ v, lam * v, atol=1e-3 * exact[0])  # eigenvectors, not just values
+    ritz = lanczos(hvp, obj.dim, k=5, iters=8, seed=2)
+    assert np.allclose(ritz, exact[:5], rtol=1e-4)
+
+
+def test_hutchinson_trace_within_three_standard_errors():
+    g = torch.Generator().manual_seed(3)
+    b = torch.randn(60, 60, generator=g)
+    m = b @ b.T / 60 + torch.diag(torch.linspace(0, 3, 60))
+    est, se = hutchinson_trace(lambda v: m @ v, 60, probes=40, seed=4)
+    assert se > 0 and abs(est - m.trace().item()) <= 3 * se
+    obj, a, _ = linear_problem(n=300, d=10)                          # through the model's double backward
+    est, se = hutchinson_trace(obj.hvp(torch.zeros(10)), obj.dim, probes=50, seed=5)
+    assert abs(est - (a.T @ a / len(a)).trace().item()) <= 3 * se
+    # a diagonal matrix has v^T H v = tr(H) for every Rademacher v: zero error
+    est, se = hutchinson_trace(lambda v: torch.arange(5.0) * v, 5, probes=3)
+    assert est == pytest.approx(10.0) and se == pytest.approx(0.0)
+
+
+def test_filter_normalised_direction_matches_filter_norms_and_zeroes_biases():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    worker = Worker(model)
+    x = worker.flat.clone()
+    d = filter_normalised_direction(model, x, seed=7)
+    i = 0
+    for q in model.parameters():
+        w, dq = x[i:i + q.numel()].view_as(q), d[i:i + q.numel()].view_as(q)
+        i += q.numel()
+        if q.dim() <= 1:
+            assert torch.count_nonzero(dq) == 0                      # biases and GroupNorm affine params
+        else:
+            assert torch.allclose(dq.reshape(len(dq), -1).norm(dim=1), w.reshape(len(w), -1).norm(dim=1))
+    # same seed, other weights: the same raw draws, only the per-filter scale changes
+    d2 = filter_normalised_direction(model, 3 * x, seed=7)
+    assert torch.allclose(d2, 3 * d)
+    assert not torch.allclose(filter_normalised_direction(model, x, seed=8), d)
+    # the landscape passes through f(x) at step 0
+    obj = Objective(worker, torch.randn(16, 2, 8, 8), torch.randint(0, 3, (16,)))
+    losses, _ = loss_line(obj, x, d, np.array([-1.0, 0.0, 1.0]))
+    assert losses[1] == pytest.approx(obj.value(x)[0])
+
+
+def test_sigma2_of_a_known_noise_linear_model_matches_its_closed_form():
+    n, d, s, B = 2000, 5, 0.5, 10
+    obj, a, w_true = linear_problem(n=n, d=d, noise=s)
+    # at w*, grad l_i = -eps_i a_i; minibatches of B distinct samples out of n have
+    # E||g_B - g||^2 = (n - B) / (B (n - 1)) * (1/n) sum_i ||g_i - g||^2   (finite population)
+    per_sample = (a @ w_true - obj.y)[:, None] * a
+    spread = (per_sample - per_sample.mean(0)).pow(2).sum(1).mean().item()
+    closed = (n - B) / (B * (n - 1)) * spread
+    out = gradient_noise(obj, w_true, noise_batches(n, B, 1500, seed=0))
+    assert abs(out["sigma2"] - closed) <= 4 * out["sigma2_se"]
+    assert out["sigma2"] == pytest.approx(d * s ** 2 / B, rel=0.1)     # population value d s^2 / B
+    assert out["sigma_rho2"] == out["sigma2"]                          # no perturbation
+
+
+def test_sigma_rho2_at_rho_zero_equals_sigma2_and_the_noiseless_limit_is_L_rho_squared():
+    obj, a, w_true = linear_problem(n=300, d=6, noise=0.3)
+    x = w_true + 0.1
+    batches = noise_batches(obj.n, 16, 30, seed=1)
+    base = gradient_noise(obj, x, batches)
+    for pert in (batch_ascent(0.0), fixed_direction(0.0, torch.ones(6))):
+        assert gradient_noise(obj, x, batches, pert)["sigma_rho2"] == base["sigma2"]
+    assert gradient_noise(obj, x, batches, batch_ascent(0.05))["sigma_rho2"] > base["sigma2"]
+    # full batch (B = n): sigma^2 = 0 and, along the top eigenvector, sigma_rho^2 = ||H e||^2 = (L rho)^2
+    (L,), (v,), _ = power_iteration(obj.hvp(x), obj.dim, iters=3000, tol=1e-12)
+    full = [torch.arange(obj.n)]
+    rho = 0.2
+    out = gradient_noise(obj, x, full, fixed_direction(rho, v))
+    assert out["sigma2"] < 1e-10
+    assert out["sigma_rho2"] == pytest.approx((L * rho) ** 2, rel=1e-3)
+
+
+def test_bound_scaling_and_sweep_settings():
+    # the noise term alone scales as (S K R)^(-1/2); the drift term alone as N^(2/3) / R
+    R = np.array([10.0, 20.0, 40.0])
+    assert loglog_slope(R, [wmsam_bound(1e-9, 1.0, 1e9, 10, 5, r, 100) for r in R]) == pytest.approx(-0.5, abs=1e-3)
+    N = np.array([1e4, 1e5, 1e6])
+    assert loglog_slope(N, [wmsam_bound(1.0, 1.0, 0.0, 1, 5, 10, n) for n in N]) == pytest.approx(2 / 3, abs=0.01)
+    p = validate({**tiny_raw(), "analysis": {"sweep_clients_per_round": [2, 4], "sweep_local_epochs": [1, 2, 3],
+                                             "sweep_rounds": [3, 5, 7], "sweep_num_clients": [5, 10]}})
+    settings = sweep_settings(p.analysis)
+    assert len(settings) == 10
+    for s in settings:                       # exactly the swept parameter differs from the base (4, 2, 5, 10)
+        others = {k: v for k, v in s.items() if k not in ("param", s["param"])}
+        assert others == {k: v for k, v in {"S": 4, "E": 2, "R": 5, "N": 10}.items() if k != s["param"]}

@@ -1,0 +1,64 @@
+"""A copy of the project on tiny params (digits, MLP, 10 clients, a few rounds) for notebook and pipeline tests."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from fedlib.config import set_dotted
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# dotted key -> value; every stage's section gets a setting that runs in seconds
+TINY = {
+    "data.dataset": "digits",
+    "partition.num_clients": 10,
+    "partition.alpha": 0.5,
+    "partition.min_client_size": 5,
+    "train.methods": ["fedavg", "fedavgm"],
+    "train.seeds": [0],
+    "train.model": "mlp",
+    "train.rounds": 3,
+    "train.clients_per_round": 3,
+    "train.local_epochs": 1,
+    "train.batch_size": 32,
+    "train.snapshot_rounds": [0, 2],
+    "train.checkpoint_every": 1,
+    "train.train_loss_samples": 100,
+}
+
+
+def env() -> dict:
+    """Subprocesses find this interpreter's python and dvc first."""
+    e = dict(os.environ)
+    e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
+    e.setdefault("GIT_AUTHOR_NAME", "fedlib-test")
+    e.setdefault("GIT_AUTHOR_EMAIL", "test@fedlib.invalid")
+    e["GIT_COMMITTER_NAME"], e["GIT_COMMITTER_EMAIL"] = e["GIT_AUTHOR_NAME"], e["GIT_AUTHOR_EMAIL"]
+    e["DVC_NO_ANALYTICS"] = "1"
+    return e
+
+
+def make(dest: Path, overrides: dict | None = None) -> Path:
+    """Copy what the pipeline reads (dvc.yaml, notebooks, fedlib sources) and write tiny params."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in ("dvc.yaml", "notebooks", "fedlib", ".dvcignore"):
+        src = ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, dest / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif src.exists():
+            shutil.copy(src, dest / item)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for k, v in {**TINY, **(overrides or {})}.items():
+        set_dotted(raw, k, v)
+    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return dest
+
+
+def run(cmd: list[str], cwd: Path, timeout: int = 900) -> str:
+    out = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+    return out.stdout + out.stderr
