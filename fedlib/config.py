@@ -180,7 +180,8 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "straggler_share": Float(0.3, ge=0, le=1),
         "straggler_delay_s": Float(1.0, ge=0),        # mean of the exponential extra delay
         "delay_in_server_steps": List(Float(ge=0), [0.0, 1.0, 2.0, 3.0, 4.0], min_len=1),
-        "target_accuracy": Float(0.5, gt=0, le=1),
+        "target_accuracy": Float(0.8, gt=0, le=1),
+        "mu_target_accuracy": Float(0.3, gt=0, le=1),
     },
     # analysis of the trained models (fedlib/analysis): bound terms and flatness
     "analysis": {
@@ -191,20 +192,26 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "default_rho": Float(0.01, ge=0),             # rho of a SAM method that declares none
         "power_iters": Int(20, ge=1),
         "power_tol": Float(1e-3, gt=0),
-        "lanczos_iters": Int(12, ge=2),
+        "lanczos_iters": Int(20, ge=2),
         "top_k": Int(5, ge=1),                        # flatness ratio lambda_max / lambda_top_k
-        "hutchinson_probes": Int(8, ge=2),
+        "hutchinson_probes": Int(6, ge=2),
         "landscape_samples": Int(256, ge=1),
         "landscape_range": Float(1.0, gt=0),          # steps in [-range, range] along each direction
-        "landscape_points_1d": Int(21, ge=3),
-        "landscape_points_2d": Int(9, ge=3),
+        "landscape_points_1d": Int(17, ge=3),
+        "landscape_points_2d": Int(7, ge=3),
         "direction_seed": Int(0, ge=0),               # the same random directions for every method
         "sweep_method": Str("fedwmsam"),
         "sweep_model": Choice("mlp", *MODELS),
-        "sweep_clients_per_round": List(Int(ge=1), [5, 10, 20], min_len=2),    # S
+        "sweep_clients_per_round": List(Int(ge=1), [2, 4, 8], min_len=2),       # S
         "sweep_local_epochs": List(Int(ge=1), [1, 2, 4], min_len=2),           # K = epochs * batches
-        "sweep_rounds": List(Int(ge=2), [10, 20, 40], min_len=2),              # R
+        "sweep_rounds": List(Int(ge=2), [5, 10, 20], min_len=2),               # R
         "sweep_num_clients": List(Int(ge=1), [25, 50, 100], min_len=2),        # N (the first N clients)
+    },
+    # FedWMSAM ablation: switch combinations and rho sensitivity, each a short run of its own
+    "ablation": {
+        "rounds": Int(20, ge=1),
+        "seeds": List(Int(ge=0), [0], min_len=1),
+        "rhos": List(Float(ge=0), [0.005, 0.01, 0.05, 0.1], min_len=1),
     },
 }
 

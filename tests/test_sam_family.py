@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fedlib import engine
-from fedlib.algorithms.base import ClientData, ClientResult, RoundInfo, Worker, derive_seed
+from fedlib.algorithms.base import ClientData, RoundInfo, Worker, derive_seed
 from fedlib.algorithms.sam import released_perturbation, sam_perturbation
 from fedlib.algorithms.scaffold import Scaffold
 from fedlib.config import ParamsError, validate
@@ -16,13 +16,22 @@ from tests.conftest import tiny_raw
 NO_DIAG = {"diag_every": 0}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and a shared CPU makes threads wait on each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def params(methods: dict | None = None, **train):
     return validate({**tiny_raw(**train), "methods": methods or {}})
 
 
-def final_model(tmp_path, fed, method, hp=None, rounds=3, **train):
+def final_model(tmp_path, fed, method, hp=None, rounds=2, **train):
     """Run the engine; return the final global model and the metrics rows."""
-    p = params({method: hp or {}}, rounds=rounds, **train)
+    p = params({method: hp or {}}, rounds=rounds, checkpoint_every=100, **train)
     run = tmp_path / f"{method}-{len(list(tmp_path.iterdir()))}"
     engine.train(p, method, 0, run, fed=fed, model_dir=run, progress=False)
     rows = engine._read_csv(run / "metrics.csv")
@@ -76,11 +85,11 @@ def test_fedcm_alpha1_equals_fedavg(tmp_path, digits_fed):
 def test_fedwmsam_all_switches_off_equals_fedcm(tmp_path, digits_fed):
     off = {"personalised_momentum": False, "momentum_perturbation": False, "adaptive_alpha": False,
            "alpha0": 0.3}
-    x_cm, rows_cm = final_model(tmp_path, digits_fed, "fedcm", {"alpha": 0.3}, rounds=4)
-    x_wm, rows_wm = final_model(tmp_path, digits_fed, "fedwmsam", off, rounds=4)
+    x_cm, rows_cm = final_model(tmp_path, digits_fed, "fedcm", {"alpha": 0.3}, rounds=3)
+    x_wm, rows_wm = final_model(tmp_path, digits_fed, "fedwmsam", off, rounds=3)
     assert torch.equal(x_cm, x_wm)
     assert [r["momentum_norm"] for r in rows_cm] == [r["momentum_norm"] for r in rows_wm]
-    x_on, _ = final_model(tmp_path, digits_fed, "fedwmsam", {**off, "personalised_momentum": True}, rounds=4)
+    x_on, _ = final_model(tmp_path, digits_fed, "fedwmsam", {**off, "personalised_momentum": True}, rounds=3)
     assert not torch.equal(x_cm, x_on)
 
 
@@ -313,3 +322,20 @@ def test_bad_hyperparameters_rejected():
         params({"fedsam": {"rho": -0.1}})
     with pytest.raises(ParamsError, match="methods.fedwmsam.alpha0"):
         params({"fedwmsam": {"alpha0": 1.0}})
+
+
+def test_fedwmsam_resume_matches_uninterrupted_run(tmp_path, digits_fed):
+    p = params({"fedwmsam": {"diag_every": 2}}, rounds=4, checkpoint_every=1)
+    engine.train(p, "fedwmsam", 0, tmp_path / "a", fed=digits_fed, progress=False)
+    engine.train(p, "fedwmsam", 0, tmp_path / "b", fed=digits_fed, progress=False, stop_after=2)
+    engine.train(p, "fedwmsam", 0, tmp_path / "b", fed=digits_fed, progress=False)   # resumes at round 2
+    assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
+
+
+def test_global_gradient_is_chunk_independent(digits_fed):
+    alg, x, _, _ = _mlp_alg(digits_fed, "fedsam", {"diag_samples": 100})
+    alg.worker.load(x)
+    whole = alg.global_gradient()
+    alg.train = SimpleNamespace(**{**vars(alg.train), "eval_batch_size": 7})
+    assert torch.allclose(alg.global_gradient(), whole, atol=1e-6)
+    assert whole.norm() > 0

@@ -10,6 +10,7 @@ server segment after all uploads of the round, processed client after client.
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 from fedlib import costs
 from fedlib.algorithms.base import ClientData, ClientResult, RoundInfo
@@ -34,21 +35,20 @@ class CSEFSL(SplitAlgorithm):
         self.gc.zero_()
         self.aux_grad.zero_()
         bs = len(yb)
-        z, fwd = self.meter.step(("client", "fwd", bs), lambda: self.client_seg(xb), grad=True)
 
-        def rest():
-            loss = torch.nn.functional.cross_entropy(self.aux(z), yb)
-            loss.backward()
-            return loss.item()
+        def forward():
+            z = self.client_seg(xb)
+            return z, F.cross_entropy(self.aux(z), yb)
 
-        loss, bwd = self.meter.step(("client_rest", bs), rest, grad=False)
+        (z, loss), fwd = self.meter.step(("client", "fwd", bs), forward, grad=True)
+        _, bwd = self.meter.step(("client_bwd", bs), loss.backward, grad=False)
         # one client update over (theta_c, theta_a): global-norm clip over both
         g = torch.cat([self.gc, self.aux_grad])
         theta = torch.cat([self.xc, self.aux_flat])
         sgd_(theta, g, info.lr, t.weight_decay, t.clip)
         self.xc.copy_(theta[: self.n_client])
         self.aux_flat.copy_(theta[self.n_client:])
-        return loss, fwd.flops + bwd.flops, z.detach()
+        return loss.item(), fwd.flops + bwd.flops, z.detach()
 
     def run_round(self, x, clients, info):
         w, hp = self.worker, self.hp

@@ -3,10 +3,8 @@
 Client:  G = alpha * grad l(x; xi) + (1 - alpha) * m_r,  alpha fixed.
 Server:  x_{r+1} = x_r + eta_g * Delta_bar;   m_{r+1} = -(1/S) sum_k Delta_k / (K_k * eta_r)   (m_0 = 0).
 """
-import torch
-
 from fedlib.algorithms.base import mean_delta
-from fedlib.algorithms.sam import DiagnosedAlgorithm, momentum_from_updates, momentum_mix
+from fedlib.algorithms.sam import DiagnosedAlgorithm, current_momentum, momentum_mix, update_momentum
 from fedlib.config import Float
 
 
@@ -16,11 +14,8 @@ class FedCM(DiagnosedAlgorithm):
     down_vectors = 2      # x_r and m_r
     metric_names = (*DiagnosedAlgorithm.metric_names, "momentum_norm")
 
-    def momentum(self, like: torch.Tensor) -> torch.Tensor:
-        return self.state.get("m", torch.zeros_like(like))
-
     def begin_client(self, k, info):
-        return self.momentum(info.x)
+        return current_momentum(self.state, info.x)
 
     def direction(self, xb, yb, b, m):
         loss = self.worker.loss_grad(xb, yb)
@@ -28,6 +23,5 @@ class FedCM(DiagnosedAlgorithm):
         return loss
 
     def server_update(self, x, results, info):
-        metrics = {"momentum_norm": self.momentum(x).norm().item()}    # ||m_r||
-        self.state["m"] = momentum_from_updates(results, info.lr)
+        metrics = update_momentum(self.state, results, info.lr)
         return x + self.train.server_lr * mean_delta(results), metrics

@@ -4,7 +4,7 @@ Client, per step on batch xi:  g = grad l(x; xi);  e = rho * g / ||g||  (global 
                                G = grad l(x + e; xi)  (second backprop, same batch).
 Server: plain average.  With rho = 0 every step equals FedAvg's, bit for bit.
 """
-from fedlib.algorithms.sam import DiagnosedAlgorithm, Perturbed, sam_perturbation
+from fedlib.algorithms.sam import DiagnosedAlgorithm, Perturbed, sam_gradient
 from fedlib.config import Float
 
 
@@ -18,15 +18,7 @@ class FedSAM(DiagnosedAlgorithm):
         return Perturbed(info.x)
 
     def direction(self, xb, yb, b, ctx):
-        return self.sam_direction(xb, yb, ctx)
-
-    def sam_direction(self, xb, yb, ctx: Perturbed) -> float:
-        """G = grad l(x + e; xi) into worker.grad; returns l(x; xi), the loss before the ascent."""
-        w = self.worker
-        loss = w.loss_grad(xb, yb)                       # g = grad l(x; xi)
-        sam_perturbation(w.grad, self.hp.rho, ctx.e)     # e = rho g / ||g||
-        ctx.loss_grad(w, xb, yb)                         # G = grad l(x + e; xi)
-        return loss
+        return sam_gradient(self.worker, xb, yb, self.hp.rho, ctx)      # G = grad l(x + e; xi)
 
     def client_stats(self, ctx):
         return ctx.stats()

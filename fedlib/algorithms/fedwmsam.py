@@ -21,8 +21,9 @@ from types import SimpleNamespace
 import torch
 
 from fedlib.algorithms.base import mean_delta
-from fedlib.algorithms.sam import (DiagnosedAlgorithm, Perturbed, control_correction, cosine, momentum_from_updates,
-                                   momentum_mix, released_perturbation, sam_perturbation, update_control_variates)
+from fedlib.algorithms.sam import (DiagnosedAlgorithm, Perturbed, control_correction, cosine, current_momentum,
+                                   momentum_mix, released_perturbation, sam_perturbation, update_control_variates,
+                                   update_momentum)
 from fedlib.config import Bool, Choice, Float
 
 
@@ -50,7 +51,7 @@ class FedWMSAM(DiagnosedAlgorithm):
 
     def begin_client(self, k, info):
         alpha = self.alpha()
-        u = self.state.get("m", torch.zeros_like(info.x))
+        u = current_momentum(self.state, info.x)
         if self.hp.personalised_momentum:
             u = u + (alpha / (1 - alpha)) * control_correction(self.state, k, info.x)   # u_k
         return SimpleNamespace(u=u, alpha=alpha, x_r=info.x, delta=torch.empty_like(info.x),
@@ -75,9 +76,7 @@ class FedWMSAM(DiagnosedAlgorithm):
 
     def server_update(self, x, results, info):
         alpha = self.alpha()
-        m = self.state.get("m")
-        metrics = {"alpha": alpha, "momentum_norm": 0.0 if m is None else m.norm().item()}   # alpha_r, ||m_r||
-        self.state["m"] = momentum_from_updates(results, info.lr)
+        metrics = {"alpha": alpha, **update_momentum(self.state, results, info.lr)}    # alpha_r, ||m_r||
         if self.hp.personalised_momentum:
             update_control_variates(self.state, results, info.lr, self.num_clients)
         if self.hp.adaptive_alpha:

@@ -4,7 +4,8 @@
 - ``released_perturbation`` FedWMSAM's released-code perturbation: tensor j shifted by the constant
                             -rho * delta[j] / sum_{i<P} |delta[i]|  (P = number of parameter tensors)
 - ``Perturbed``             grad l(x_b + e; xi) computed in place on ``worker.flat``, x_b restored bit for bit
-- ``momentum_from_updates`` m_{r+1} = -(1/S) sum_k Delta_k / (K_k * eta_r)   (K_k: client k's own steps)
+- ``sam_gradient``          FedSAM's two-backprop step G = grad l(x + e; xi), e = rho g / ||g||
+- ``update_momentum``       m_{r+1} = -(1/S) sum_k Delta_k / (K_k * eta_r)   (K_k: client k's own steps)
 - ``momentum_mix``          G = alpha * grad + (1 - alpha) * m
 - ``control_correction`` / ``update_control_variates``  SCAFFOLD option II, c and c_k held by the server,
                             c_k stored only for clients that have been sampled (absent = 0)
@@ -70,6 +71,27 @@ class Perturbed:
 
     def stats(self) -> dict:
         return {"perturbation_norm": self.norm_sum / max(self.steps, 1)}
+
+
+def sam_gradient(worker: Worker, xb: torch.Tensor, yb: torch.Tensor, rho: float, perturbed: Perturbed) -> float:
+    """Local SAM, two backprops on the same batch: g = grad l(x; xi);  e = rho g / ||g||;
+    G = grad l(x + e; xi) into worker.grad.  Returns l(x; xi), the loss before the ascent."""
+    loss = worker.loss_grad(xb, yb)
+    sam_perturbation(worker.grad, rho, perturbed.e)
+    perturbed.loss_grad(worker, xb, yb)
+    return loss
+
+
+def current_momentum(state: dict, like: torch.Tensor) -> torch.Tensor:
+    """m_r (0 before the first round)."""
+    return state.get("m", torch.zeros_like(like))
+
+
+def update_momentum(state: dict, results: list[ClientResult], lr: float) -> dict:
+    """Store m_{r+1}; return ||m_r|| (the momentum the round used) for the log."""
+    used = current_momentum(state, results[0].delta).norm().item()
+    state["m"] = momentum_from_updates(results, lr)
+    return {"momentum_norm": used}
 
 
 def momentum_from_updates(results: list[ClientResult], lr: float) -> torch.Tensor:

@@ -18,7 +18,7 @@ from fedlib.models import auxiliary_head, flatten_
 
 # Shared by every split method; the split stage fills them from params.yaml's `split:` section.
 SPLIT_HPARAMS = {
-    "cut": Choice("conv2", *CUT_POINTS),                 # must be one of the model's cut points
+    "cut": Choice("conv2", *CUT_POINTS),            # must be one of the model's cut points
     "local_steps": Int(5, ge=1),                    # h: batches per client per round
     "client_flops_per_s": Float(1e9, gt=0),
     "server_flops_per_s": Float(1e10, gt=0),
@@ -66,6 +66,8 @@ class SplitAlgorithm(Algorithm):
         super().__init__(hp, train, worker, fed)
         self.client_seg, self.server_seg = worker.model.split(hp.cut)
         self.n_client = sum(p.numel() for p in self.client_seg.parameters())
+        if next(self.client_seg.parameters()).data_ptr() != worker.flat.data_ptr():
+            raise ValueError("split: the client segment's parameters must lead the flat vector x")
         self.xc, self.xs = worker.flat[: self.n_client], worker.flat[self.n_client:]
         self.gc, self.gs = worker.grad[: self.n_client], worker.grad[self.n_client:]
         self.meter = costs.Meter(exclude={worker.flat.untyped_storage().data_ptr()})
@@ -89,8 +91,10 @@ class SplitAlgorithm(Algorithm):
         return costs.nbytes(self.xc) + (costs.nbytes(self.aux_flat) if self.uses_aux_head else 0)
 
     def client_memory(self) -> dict[str, int]:
-        """Client peak memory: parameters + gradients + optimizer state (plain SGD: none) +
-        the measured activation peak of its step (see costs.py)."""
+        """Client peak memory: parameters + gradients + optimizer state (plain SGD: none) + the
+        measured activation peak of its step (costs.py). For a zeroth-order client the peak is that
+        of all live tensors of the step: activations, the parameter copy that restores x exactly
+        and the block of noise being applied."""
         params = sum(costs.nbytes(p) for p in self.client_params())
         grads = 0 if self.zeroth_order_client else params
         act = max((c.activation_bytes for k, c in self.meter.records.items() if k[0] == "client"), default=0)
@@ -114,6 +118,7 @@ class SplitAlgorithm(Algorithm):
         delays = [costs.straggler_delay(self.system, self.hp.system_seed, info.r, res.k, self.slow)
                   for res in results]
         seconds = costs.round_s(timelines, delays, serial_server=self.serial_server)
+        self.last_timelines = timelines                      # read by the split_costs stage
         self.state["sim_time"] = self.state.get("sim_time", 0.0) + seconds
         metrics = {**costs.round_traffic(traffic), "sim_round_s": seconds, "sim_time_s": self.state["sim_time"],
                    "client_flops_per_step": flops_per_step}
