@@ -20,9 +20,11 @@ and one zeroth-order client step (fedlib.zo, q = 1, forward differences) vs one 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -112,11 +114,12 @@ def run_fedlib(rounds: int, t_start: float) -> dict:
     from fedlib import engine
     p, fed, _ = load_setup(rounds)
     with tempfile.TemporaryDirectory() as out:
-        t_first = time.time()        # the engine's own set-up before round 1 (model, buffers) is ~10 ms
+        t_first, cpu0 = time.time(), time.process_time()   # the engine's set-up before round 1 is ~10 ms
         engine.train(p, "fedavg", SEED, out, fed=fed, progress=False)
+        cpu = time.process_time() - cpu0
         rows = list(csv.DictReader(open(Path(out) / "metrics.csv")))
         timing = list(csv.DictReader(open(Path(out) / "timing.csv")))
-    return {"startup_s": t_first - t_start,
+    return {"startup_s": t_first - t_start, "cpu_s_per_round": cpu / rounds,
             "train_s": [float(r["train_s"]) for r in timing], "eval_s": [float(r["eval_s"]) for r in timing],
             "accuracy": [float(r["test_accuracy"]) for r in rows]}
 
@@ -131,6 +134,7 @@ def run_plain(rounds: int, t_start: float) -> dict:
     global_sd = {k: v.clone() for k, v in model.state_dict().items()}
     x_loss, y_loss = d.x_train[loss_idx], d.y_train[loss_idx]
     out = {"startup_s": time.time() - t_start, "train_s": [], "eval_s": [], "accuracy": []}
+    cpu0 = time.process_time()
     for r in range(rounds):
         t0 = time.perf_counter()
         states = []
@@ -146,6 +150,7 @@ def run_plain(rounds: int, t_start: float) -> dict:
         out["accuracy"].append(plain_evaluate(model, d.x_test, d.y_test, t.eval_batch_size)[1])
         out["train_s"].append(t1 - t0)
         out["eval_s"].append(time.perf_counter() - t1)
+    out["cpu_s_per_round"] = (time.process_time() - cpu0) / rounds
     return out
 
 
@@ -230,14 +235,44 @@ def run_flower(rounds: int, t_start: float) -> dict:
     def server_fn(context):
         return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds))
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=ClientApp(client_fn=_flower_client_fn),
-                   num_supernodes=fed.num_clients, backend_config={"client_resources": {"num_cpus": 2},
-                                   "init_args": {"include_dashboard": False, "log_to_driver": False}})
+    with ray_head() as address:
+        run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=ClientApp(client_fn=_flower_client_fn),
+                       num_supernodes=fed.num_clients,
+                       backend_config={"client_resources": {"num_cpus": 2},
+                                       "init_args": {"address": address, "log_to_driver": False}})
     starts, ends = out["round_start"], out["round_end"]
     return {"startup_s": starts[0] - t_start, "round_s": [e - s for s, e in zip(starts, ends)],
             "eval_s": out["eval_s"], "accuracy": out["accuracy"],
             "train_s": [e - s - ev for s, e, ev in zip(starts, ends, out["eval_s"])]}
+
+
+@contextlib.contextmanager
+def ray_head(port: int = 26379, attempts: int = 3):
+    """A local Ray head in this process's tree (`ray start --head --block`). Ray's raylet gives its
+    agents a hard-coded 15 s to start and exits otherwise, which a loaded 2-core machine can overrun;
+    a failed start is retried."""
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--port", str(port),
+           "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"]
+    for attempt in range(attempts):
+        head = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        address = None
+        for line in head.stdout:                   # EOF before the address: the head exited
+            found = re.search(r"--address='([^']+)'", line)
+            if found:
+                address = found.group(1)
+                break
+        if address:
+            break
+        head.wait()
+        print(f"flower: ray start failed (attempt {attempt + 1} of {attempts})", file=sys.stderr, flush=True)
+    else:
+        raise RuntimeError(f"ray start failed {attempts} times (see /tmp/ray/session_latest/logs/raylet.err)")
+    threading.Thread(target=head.stdout.read, daemon=True).start()   # keep draining its output
+    try:
+        yield address
+    finally:
+        head.terminate()                           # `ray start --block` stops its processes on SIGTERM
+        head.wait(timeout=60)
 
 
 def run_methods(rounds: int, t_start: float) -> dict:
@@ -341,7 +376,9 @@ def spawn(worker: str, rounds: int, timeout: float) -> dict:
     try:
         _, err = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        child.kill()
+        for q in [*psutil.Process(child.pid).children(recursive=True), psutil.Process(child.pid)]:
+            with contextlib.suppress(psutil.Error):   # Ray's processes too
+                q.kill()
         _, err = child.communicate()
         raise RuntimeError(f"{worker}: no result within {timeout:.0f} s")
     watcher.join()
@@ -428,15 +465,18 @@ def summarise(report: dict, warmup: int) -> None:
         rows[name] = {"train_s": median_after(r["train_s"], warmup), "eval_s": median_after(r["eval_s"], warmup),
                       "round_s": median_after([a + b for a, b in zip(r["train_s"], r["eval_s"])], warmup),
                       "startup_s": r["startup_s"], "peak_rss_mb": r["peak_rss_mb"],
+                      "cpu_s_per_round": r.get("cpu_s_per_round"),
                       "final_accuracy": r["accuracy"][-1],
                       "mean_accuracy_last5": statistics.mean(r["accuracy"][-5:])}
     report["summary"] = rows
     if rows:
-        print(f"\n{'':8} {'train s/rnd':>11} {'eval s/rnd':>10} {'round s':>8} {'start-up s':>10} "
+        print(f"\n{'':8} {'train s/rnd':>11} {'eval s/rnd':>10} {'round s':>8} {'CPU s/rnd':>9} {'start-up s':>10} "
               f"{'peak RSS MB':>11} {'final acc':>9} {'acc last5':>9}")
         for n, s in rows.items():
-            print(f"{n:8} {s['train_s']:11.3f} {s['eval_s']:10.3f} {s['round_s']:8.3f} {s['startup_s']:10.2f} "
+            cpu = "-" if s["cpu_s_per_round"] is None else f"{s['cpu_s_per_round']:.3f}"
+            print(f"{n:8} {s['train_s']:11.3f} {s['eval_s']:10.3f} {s['round_s']:8.3f} {cpu:>9} {s['startup_s']:10.2f} "
                   f"{s['peak_rss_mb']:11.0f} {s['final_accuracy']:9.4f} {s['mean_accuracy_last5']:9.4f}")
+        print("(medians over the timed rounds; CPU s/rnd = the process's CPU time over all rounds / rounds)")
         accs = [s["mean_accuracy_last5"] for s in rows.values()]
         agree = max(accs) - min(accs) <= 0.02
         report["accuracies_agree"] = agree

@@ -181,7 +181,7 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "straggler_delay_s": Float(1.0, ge=0),        # mean of the exponential extra delay
         "delay_in_server_steps": List(Float(ge=0), [0.0, 1.0, 2.0, 3.0, 4.0], min_len=1),
         "target_accuracy": Float(0.8, gt=0, le=1),
-        "mu_target_accuracy": Float(0.3, gt=0, le=1),
+        "mu_target_accuracy": Float(0.2, gt=0, le=1),
     },
     # analysis of the trained models (fedlib/analysis): bound terms and flatness
     "analysis": {

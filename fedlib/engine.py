@@ -68,7 +68,7 @@ def sample_clients(seed: int, r: int, num_clients: int, per_round: int) -> np.nd
     return np.sort(np.random.default_rng(derive_seed(seed, r)).choice(num_clients, per_round, replace=False))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) in eval mode."""
     model.eval()
@@ -114,6 +114,7 @@ def train(p: SimpleNamespace, method: str, seed: int, out_dir: str | Path, *, fe
     fingerprint = run_fingerprint(p, method, seed)
     loss_idx = torch.randperm(len(fed.data.y_train), generator=torch.Generator().manual_seed(p.data.seed))
     loss_idx = loss_idx[: t.train_loss_samples]
+    x_loss, y_loss = fed.data.x_train[loss_idx], fed.data.y_train[loss_idx]   # gathered once, not every round
     snapshots: dict[int, torch.Tensor] = {0: x.clone()} if 0 in t.snapshot_rounds else {}
 
     start = 0
@@ -152,8 +153,7 @@ def train(p: SimpleNamespace, method: str, seed: int, out_dir: str | Path, *, fe
                **{k: extra.get(k, "") for k in alg.metric_names}}
         if (r + 1) % t.eval_every == 0 or r + 1 == t.rounds:
             worker.load(x)
-            row["train_loss"], _ = evaluate(worker.model, fed.data.x_train[loss_idx], fed.data.y_train[loss_idx],
-                                            t.eval_batch_size)
+            row["train_loss"], _ = evaluate(worker.model, x_loss, y_loss, t.eval_batch_size)
             row["test_loss"], row["test_accuracy"] = evaluate(worker.model, fed.data.x_test, fed.data.y_test,
                                                               t.eval_batch_size)
             if not math.isfinite(row["train_loss"]):

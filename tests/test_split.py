@@ -142,3 +142,19 @@ def test_bad_cut_is_named():
     with pytest.raises(ValueError, match="unknown cut point 'conv1'"):
         make("csefsl", SimpleNamespace(data=SimpleNamespace(input_shape=(1, 8, 8), num_classes=10), num_clients=4,
                                        client_y=[0] * 4), model="mlp", cut="conv1")
+
+
+def test_split_params_build_the_engine_params_from_the_split_section():
+    from fedlib import stages
+
+    p = config.validate({"split": {"rounds": 7, "batch_size": 8, "local_steps": 3, "cut": "conv1",
+                                   "straggler_delay_s": 2.5}})
+    q = stages.split_params(p, "heron", 1)
+    assert (q.train.rounds, q.train.batch_size, q.partition.num_clients) == (7, 8, p.split.num_clients)
+    assert (q.methods.heron.cut, q.methods.heron.local_steps, q.methods.heron.straggler_delay_s) == ("conv1", 3, 2.5)
+    assert q.methods.heron.system_seed == 1 and p.train.rounds != 7          # p itself is untouched
+    mu = stages.split_params(p, "musplitfed", 0, cut="conv2", tau=3)
+    assert (mu.methods.musplitfed.cut, mu.methods.musplitfed.tau) == ("conv2", 3)
+    assert not hasattr(mu.methods.musplitfed, "local_steps")                 # one batch per round
+    assert engine.run_fingerprint(mu, "musplitfed", 0) != engine.run_fingerprint(
+        stages.split_params(p, "musplitfed", 0, cut="conv2", tau=2), "musplitfed", 0)

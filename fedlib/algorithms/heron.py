@@ -23,7 +23,7 @@ class HERONSFL(CSEFSL):
     name = "heron"
     hparams = {
         **AUX_HPARAMS,
-        "eta_c": Float(1e-3, gt=0),                       # client ZO step size
+        "eta_c": Float(1e-4, gt=0),                       # client ZO step size
         "mu": Float(1e-3, gt=0),                          # smoothing
         "q": Int(1, ge=1),                                # directions per step
         "scheme": Choice("forward", *SCHEMES),

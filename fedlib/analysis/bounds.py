@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 from tqdm.auto import tqdm
 
 from fedlib import engine
@@ -103,15 +104,16 @@ def gradient_noise(obj: Objective, x: torch.Tensor, batches: list[torch.Tensor],
         if perturbation is not None:
             e = perturbation(x, gb)
             perturbed.append((obj.batch_grad(x + e, xb, yb) - g).pow(2).sum().item())
-    out = {"sigma2": _mean_se(plain)}
-    out["sigma_rho2"] = _mean_se(perturbed) if perturbation is not None else out["sigma2"]
-    return {"sigma2": out["sigma2"][0], "sigma2_se": out["sigma2"][1],
-            "sigma_rho2": out["sigma_rho2"][0], "sigma_rho2_se": out["sigma_rho2"][1]}
+    s2, s2_se = _mean_se(plain)
+    r2, r2_se = _mean_se(perturbed) if perturbation is not None else (s2, s2_se)
+    return {"sigma2": s2, "sigma2_se": s2_se, "sigma_rho2": r2, "sigma_rho2_se": r2_se}
 
 
 def _mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and standard error (NaN for a single value)."""
     a = np.asarray(xs, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
+    se = float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan")
+    return float(a.mean()), se
 
 
 # ----- the bound -----
@@ -301,7 +303,7 @@ def _is_base(s: dict, a: SimpleNamespace) -> bool:
 def plot_scaling(sweep: dict, path=None):
     """Measured (1/R) sum ||grad f(x_r)||^2 and the predicted bound against S, K, R and N, log-log,
     each normalised to its value at the base setting so the slopes can be compared."""
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.8), layout="constrained")
     for ax, k in zip(axes, SWEEPS):
         name = "K" if k == "E" else k
         rows = [r for r in sweep["table"] if r["param"] == k]
@@ -313,6 +315,10 @@ def plot_scaling(sweep: dict, path=None):
             ax.plot(x, y / y[mid], style, label=f"{label} (slope {slope:+.2f})")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(x, [f"{v:.3g}" for v in x])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(name)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)

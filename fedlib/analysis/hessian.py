@@ -127,10 +127,11 @@ def power_iteration(hvp: HVP, dim: int, k: int = 1, iters: int = 100, tol: float
     return values, vectors, used
 
 
-def lanczos(hvp: HVP, dim: int, k: int = 5, iters: int = 20, seed: int = 0) -> list[float]:
-    """The k largest (algebraic) eigenvalues, as Ritz values of ``iters`` Lanczos steps with full
-    re-orthogonalisation:  H q_j = beta_{j-1} q_{j-1} + alpha_j q_j + beta_j q_{j+1},
-    T = tridiag(beta, alpha, beta), eigenvalues of T approximate the extremes of H's spectrum."""
+def lanczos(hvp: HVP, dim: int, k: int = 5, iters: int = 20, seed: int = 0) -> tuple[list[float], torch.Tensor]:
+    """The k largest (algebraic) eigenvalues and their vectors, as Ritz pairs of ``iters`` Lanczos steps
+    with full re-orthogonalisation:  H q_j = beta_{j-1} q_{j-1} + alpha_j q_j + beta_j q_{j+1},
+    T = tridiag(beta, alpha, beta) = Q^T H Q; T = S diag(theta) S^T gives Ritz values theta and
+    orthonormal Ritz vectors Q S (rows of the returned (k, dim) tensor)."""
     m = min(iters, dim)
     if k > m:
         raise ValueError(f"lanczos: k = {k} eigenvalues need at least {k} iterations (got {m})")
@@ -154,19 +155,30 @@ def lanczos(hvp: HVP, dim: int, k: int = 5, iters: int = 20, seed: int = 0) -> l
     if n > 1:
         off = torch.tensor(betas[: n - 1], dtype=torch.float64)
         T += torch.diag(off, 1) + torch.diag(off, -1)
-    ritz = torch.linalg.eigvalsh(T).flip(0)
-    return ritz[:k].tolist()
+    theta, S = torch.linalg.eigh(T)
+    top = theta.flip(0)[:k]
+    vectors = (S.flip(1)[:, :k].T.float() @ torch.stack(basis[:n]))
+    return top.tolist(), vectors
 
 
-def hutchinson_trace(hvp: HVP, dim: int, probes: int = 10, seed: int = 0) -> tuple[float, float]:
+def hutchinson_trace(hvp: HVP, dim: int, probes: int = 10, seed: int = 0,
+                     deflate: tuple[list[float], torch.Tensor] | None = None) -> tuple[float, float]:
     """tr(H) = E[v^T H v] for Rademacher v (entries +-1): the mean over ``probes`` draws and its
-    standard error std(v^T H v) / sqrt(probes)."""
+    standard error std(v^T H v) / sqrt(probes).
+
+    ``deflate`` = (theta, V) with orthonormal rows V and theta_i = v_i^T H v_i (Lanczos' Ritz pairs)
+    splits tr(H) = sum_i theta_i + tr(P H P), P = I - V^T V, and samples only the second part,
+    v^T P H P v: the top of the spectrum, which dominates the variance, is then counted exactly.
+    """
     if probes < 2:
         raise ValueError(f"hutchinson_trace: probes = {probes}; at least 2 are needed for a standard error")
     gen = torch.Generator().manual_seed(seed)
+    exact, V = (0.0, None) if deflate is None else (float(sum(deflate[0])), deflate[1])
     samples = []
     for _ in range(probes):
         v = torch.randint(0, 2, (dim,), generator=gen).float().mul_(2).sub_(1)
-        samples.append(torch.dot(v, hvp(v)).item())
+        if V is not None:
+            v -= V.T @ (V @ v)                               # P v
+        samples.append(torch.dot(v, hvp(v)).item())          # (P v)^T H (P v) = v^T P H P v
     s = torch.tensor(samples, dtype=torch.float64)
-    return s.mean().item(), (s.std(unbiased=True) / probes ** 0.5).item()
+    return exact + s.mean().item(), (s.std(unbiased=True) / probes ** 0.5).item()

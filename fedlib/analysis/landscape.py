@@ -67,7 +67,8 @@ def plot_planes(alphas: np.ndarray, betas: np.ndarray, planes: dict[str, np.ndar
     n = len(planes)
     cols = min(n, 3)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows), squeeze=False, sharex=True,
+                             sharey=True, layout="constrained")
     lo = max(min(z.min() for z in planes.values()), 1e-6)
     hi = max(z.max() for z in planes.values())
     levels = np.geomspace(lo, hi, 16)
