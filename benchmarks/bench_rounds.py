@@ -176,10 +176,12 @@ def _flower_client_fn(context):
             k, r = int(config["client"]), int(config["round"])
             model.load_state_dict({n: torch.from_numpy(np.asarray(a)) for n, a in
                                    zip(model.state_dict(), parameters)})
+            t0 = time.perf_counter()
             steps, loss = plain_local_train(model, fed.client_x[k], fed.client_y[k], t.lr * t.lr_decay ** r, t,
                                             client_generator(r, k))
             # weight 1 per client: the server's weighted average is then the plain mean, as in fedlib
-            return [v.detach().numpy().copy() for v in model.state_dict().values()], 1, {"loss": loss}
+            return [v.detach().numpy().copy() for v in model.state_dict().values()], 1, {
+                "loss": loss, "local_train_s": time.perf_counter() - t0, "torch_threads": torch.get_num_threads()}
 
     return Client().to_client()
 
@@ -203,7 +205,8 @@ def run_flower(rounds: int, t_start: float) -> dict:
     model = build_model(t.model, d.input_shape, d.num_classes, seed=SEED)
     names = list(model.state_dict())
     x_loss, y_loss = d.x_train[loss_idx], d.y_train[loss_idx]
-    out = {"round_start": [], "eval_s": [], "accuracy": [], "round_end": []}
+    out = {"round_start": [], "eval_s": [], "accuracy": [], "round_end": [], "failures": [],
+           "local_train_s": [], "actor_threads": []}
 
     def evaluate_fn(server_round, ndarrays, config):
         t0 = time.perf_counter()
@@ -227,6 +230,13 @@ def run_flower(rounds: int, t_start: float) -> dict:
             chosen = sample_clients(SEED, r, fed.num_clients, t.clients_per_round)
             return [(node, FitIns(parameters, {"client": int(k), "round": r})) for node, k in zip(nodes, chosen)]
 
+        def aggregate_fit(self, server_round, results, failures):
+            if failures:                               # Flower drops failed clients silently otherwise
+                out["failures"].append(f"round {server_round}: {len(failures)} failed, e.g. {failures[0]!r}"[:300])
+            out["local_train_s"].append(sum(res.metrics["local_train_s"] for _, res in results))
+            out["actor_threads"] = sorted({int(res.metrics["torch_threads"]) for _, res in results})
+            return super().aggregate_fit(server_round, results, failures)
+
     strategy = SameClients(fraction_fit=0.0, fraction_evaluate=0.0, min_fit_clients=t.clients_per_round,
                            min_available_clients=fed.num_clients, evaluate_fn=evaluate_fn,
                            initial_parameters=ndarrays_to_parameters(
@@ -242,7 +252,8 @@ def run_flower(rounds: int, t_start: float) -> dict:
                                        "init_args": {"address": address, "log_to_driver": False}})
     starts, ends = out["round_start"], out["round_end"]
     return {"startup_s": starts[0] - t_start, "round_s": [e - s for s, e in zip(starts, ends)],
-            "eval_s": out["eval_s"], "accuracy": out["accuracy"],
+            "eval_s": out["eval_s"], "accuracy": out["accuracy"], "failures": out["failures"],
+            "local_train_s": out["local_train_s"], "actor_threads": out["actor_threads"],
             "train_s": [e - s - ev for s, e, ev in zip(starts, ends, out["eval_s"])]}
 
 
@@ -477,6 +488,9 @@ def summarise(report: dict, warmup: int) -> None:
             print(f"{n:8} {s['train_s']:11.3f} {s['eval_s']:10.3f} {s['round_s']:8.3f} {cpu:>9} {s['startup_s']:10.2f} "
                   f"{s['peak_rss_mb']:11.0f} {s['final_accuracy']:9.4f} {s['mean_accuracy_last5']:9.4f}")
         print("(medians over the timed rounds; CPU s/rnd = the process's CPU time over all rounds / rounds)")
+        for n in rows:
+            for msg in res[n].get("failures", []):
+                print(f"{n}: client failures: {msg}")
         accs = [s["mean_accuracy_last5"] for s in rows.values()]
         agree = max(accs) - min(accs) <= 0.02
         report["accuracies_agree"] = agree

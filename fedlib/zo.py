@@ -20,17 +20,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
 import torch
+
+from fedlib.seeding import derive_seed
 
 DIRECTIONS = ("gaussian", "sphere")
 SCHEMES = ("forward", "central")
-
-
-def derive_seed(*keys: int) -> int:
-    """63-bit seed from integer keys (the same rule as fedlib.algorithms.base.derive_seed, which
-    imports the algorithms package and so cannot be imported here)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 class SeededDirections:

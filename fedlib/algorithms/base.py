@@ -13,20 +13,15 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fedlib.models import flatten_
+from fedlib.seeding import derive_seed  # noqa: F401  (re-exported for the algorithms)
 
 if TYPE_CHECKING:
     from fedlib.engine import Federation
-
-
-def derive_seed(*keys: int) -> int:
-    """A 63-bit seed from integer keys, e.g. (seed, round, client): independent streams per key."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 class Worker:

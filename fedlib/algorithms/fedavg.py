@@ -1,6 +1,7 @@
-"""FedAvg: plain local SGD, server averages the updates (SPEC section 1)."""
-from fedlib.algorithms.base import Algorithm
+"""FedAvg: plain local SGD, server averages the updates (SPEC section 1).
+It logs the family's diagnostics (sam.DiagnosedAlgorithm) as the no-momentum, no-SAM baseline."""
+from fedlib.algorithms.sam import DiagnosedAlgorithm
 
 
-class FedAvg(Algorithm):
+class FedAvg(DiagnosedAlgorithm):
     name = "fedavg"

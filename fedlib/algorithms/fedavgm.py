@@ -4,14 +4,15 @@
 """
 import torch
 
-from fedlib.algorithms.base import Algorithm, mean_delta
+from fedlib.algorithms.base import mean_delta
+from fedlib.algorithms.sam import DiagnosedAlgorithm
 from fedlib.config import Float
 
 
-class FedAvgM(Algorithm):
+class FedAvgM(DiagnosedAlgorithm):
     name = "fedavgm"
-    hparams = {"beta": Float(0.9, ge=0, lt=1)}
-    metric_names = ("server_momentum_norm",)
+    hparams = {"beta": Float(0.9, ge=0, lt=1), **DiagnosedAlgorithm.hparams}
+    metric_names = (*DiagnosedAlgorithm.metric_names, "server_momentum_norm")
 
     def server_update(self, x, results, info):
         v = self.state.get("v", torch.zeros_like(x))
