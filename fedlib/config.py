@@ -115,7 +115,10 @@ def List(item: Field, default=None, min_len=0):
 DATASETS = ("mnist5k", "digits", "synthetic", "fmnist", "cifar10", "cifar100")
 MODELS = ("mlp", "cnn", "resnet18")
 SPLIT_METHODS = ("splitfed_v1", "splitfed_v2", "csefsl", "heron", "musplitfed")
-CUT_POINTS = ("conv1", "conv2", "fc1", "fc2", "stem", "layer1", "layer2", "layer3", "layer4")
+# each model's named cut points (fedlib/models.py declares the same; tests/test_models.py pins the match)
+MODEL_CUTS = {"mlp": ("fc1", "fc2"), "cnn": ("conv1", "conv2", "fc1"),
+              "resnet18": ("stem", "layer1", "layer2", "layer3", "layer4")}
+CUT_POINTS = tuple(dict.fromkeys(c for cuts in MODEL_CUTS.values() for c in cuts))
 
 SECTIONS: dict[str, dict[str, Field]] = {
     "data": {
@@ -270,6 +273,14 @@ def _check_consistency(p: SimpleNamespace) -> None:
     if bad:
         raise ParamsError(f"params: train.snapshot_rounds contains {bad[0]} > train.rounds = {t.rounds}; "
                           f"allowed: 0..{t.rounds}")
+    sp = p.split
+    for key, cut in [("split.cut", sp.cut), *((f"split.mu_cuts[{i}]", c) for i, c in enumerate(sp.mu_cuts))]:
+        if cut not in MODEL_CUTS[sp.model]:
+            raise ParamsError(f"params: {key} = {cut!r} is not a cut point of split.model = {sp.model!r}; "
+                              f"allowed: {', '.join(MODEL_CUTS[sp.model])}")
+    if sp.clients_per_round > sp.num_clients:
+        raise ParamsError(f"params: split.clients_per_round = {sp.clients_per_round} exceeds split.num_clients = "
+                          f"{sp.num_clients}; allowed: 1..{sp.num_clients}")
 
 
 def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> SimpleNamespace:

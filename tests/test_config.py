@@ -25,6 +25,8 @@ def test_defaults_filled_and_repo_params_valid():
     ("methods.fedavgm.beta", 1.5, r"methods\.fedavgm\.beta = 1\.5 .*< 1"),
     ("train.snapshot_rounds", [0, 99], r"snapshot_rounds contains 99 > train\.rounds"),
     ("bogus.key", 1, r"unknown section bogus"),
+    ("split.cut", "layer2", r"split\.cut = 'layer2' is not a cut point of split\.model = 'cnn'; allowed: conv1, conv2, fc1"),
+    ("split.clients_per_round", 20, r"split\.clients_per_round = 20 exceeds split\.num_clients = 10"),
 ])
 def test_bad_input_names_key_value_and_allowed(dotted, value, expect):
     raw = tiny_raw()

@@ -29,3 +29,9 @@ def test_flat_buffers_alias_parameters_and_gradients():
     assert first.view(-1)[0] == 123.0
     w.loss_grad(torch.randn(5, 1, 8, 8), torch.arange(5))
     assert w.grad.abs().sum() > 0 and first.grad.data_ptr() == w.grad.data_ptr()
+
+
+def test_config_knows_every_models_cut_points():
+    from fedlib.config import MODEL_CUTS
+    for name, cuts in MODEL_CUTS.items():
+        assert build_model(name, (3, 32, 32), 10).cut_points == cuts

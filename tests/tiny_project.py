@@ -44,6 +44,14 @@ TINY = {
     "analysis.sweep_local_epochs": [1, 2],
     "analysis.sweep_rounds": [2, 3],
     "analysis.sweep_num_clients": [5, 10],
+    "split.model": "mlp",
+    "split.cut": "fc1",
+    "split.rounds": 2,
+    "split.eval_every": 1,
+    "split.mu_taus": [1, 2],
+    "split.mu_cuts": ["fc1", "fc2"],
+    "split.mu_rounds": 2,
+    "split.delay_in_server_steps": [0, 2],
 }
 
 
