@@ -25,7 +25,7 @@ def test_source_notebook_is_clean_and_used(path):
 def test_core_notebooks_execute(tmp_path, monkeypatch):
     from fedlib.notebook import run
 
-    proj = tiny_project.make(tmp_path / "proj")
+    proj = tiny_project.make(tmp_path / "proj", {"train.methods": ["fedavg", "fedavgm"]})
     monkeypatch.chdir(proj)
     run("notebooks/partition.ipynb", "results/notebooks/partition.ipynb")
     for m in ("fedavg", "fedavgm"):
