@@ -106,14 +106,15 @@ def federation(p: SimpleNamespace, cache: dict):
     return cache[key]
 
 
-def main_runs(params_path="params.yaml", seeds=None, progress=False, partitions=None) -> None:
+def main_runs(params_path="params.yaml", seeds=None, progress=False, partitions=None, workers=None) -> None:
     s = load_params(params_path).study_fedwmsam
     check_study(s)
     cache: dict = {}
+    extra = {} if workers is None else {"train.workers": workers}
     for seed in seeds if seeds is not None else s.seeds:
         for part in partitions if partitions is not None else s.partitions:
             for m in s.methods:
-                p = study_params(params_path, m, part)
+                p = study_params(params_path, m, part, extra)
                 run_one(p, m, seed, run_dir(OUT / "main" / part, m, seed), run_dir(SCRATCH / "runs" / part, m, seed),
                         federation(p, cache), progress)
                 print(f"done {part}/{m}/{seed}", flush=True)
@@ -134,13 +135,14 @@ def ablation_variants(s: SimpleNamespace) -> dict[str, dict]:
     return out
 
 
-def main_ablation(params_path="params.yaml", seeds=None, progress=False, partitions=None) -> None:
+def main_ablation(params_path="params.yaml", seeds=None, progress=False, partitions=None, workers=None) -> None:
     s = load_params(params_path).study_fedwmsam
     cache: dict = {}
+    extra = {} if workers is None else {"train.workers": workers}
     for seed in seeds if seeds is not None else s.ablation_seeds:
         for name, hp in ablation_variants(s).items():
             p = study_params(params_path, "fedwmsam", s.ablation_partition,
-                             {f"methods.fedwmsam.{k}": v for k, v in hp.items()})
+                             {**extra, **{f"methods.fedwmsam.{k}": v for k, v in hp.items()}})
             run_one(p, "fedwmsam", seed, run_dir(OUT / "ablation" / name, "fedwmsam", seed),
                     run_dir(SCRATCH / "ablation" / name, "fedwmsam", seed), federation(p, cache), progress)
             print(f"done ablation {name}/{seed}", flush=True)
@@ -153,8 +155,10 @@ def cli(argv=None) -> None:
     ap.add_argument("--partitions", nargs="*", default=None, help="runs: only these partitions (default: all)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="threads per run (default train.workers); two processes of 1 beat one of 2 on 2 cores")
     a = ap.parse_args(argv)
-    (main_runs if a.what == "runs" else main_ablation)(a.params, a.seeds, a.progress, a.partitions)
+    (main_runs if a.what == "runs" else main_ablation)(a.params, a.seeds, a.progress, a.partitions, a.workers)
 
 
 if __name__ == "__main__":
