@@ -107,7 +107,11 @@ def test_musplitfed_forwards_restore_the_client(fed):
     alg.worker.load(x)
     data = client(fed, 1)
     (xb, _), = draw_batches(data, 1, 16)
+    passes = []
+    add = alg.zo_client.u.add_
+    alg.zo_client.u.add_ = lambda seed, alpha: (passes.append(alpha / 0.01), add(seed, alpha))
     h, pairs = alg.client_forwards(xb, 123)
+    assert passes == [1.0, -2.0, 1.0]                                   # MeZO's three noise passes, q = 1
     assert (alg.worker.flat - x).abs().max() < 1e-6                     # perturb, evaluate, restore
     (h_plus, h_minus), = pairs
     th = unflat(x[: alg.n_client], alg.client_seg)

@@ -48,15 +48,11 @@ class MUSplitFed(SplitAlgorithm):
 
     @torch.no_grad()
     def client_forwards(self, xb: torch.Tensor, seed: int):
-        """h and, per direction u_j, (h+_j, h-_j): 2q + 1 forwards, no graph."""
+        """h and, per direction u_j, (h+_j, h-_j): 2q + 1 forwards, no graph; each pair costs three passes
+        of regenerated noise (+lam u, -2 lam u, +lam u), as in every other ZO estimate (fedlib/zo.py)."""
         h = self.client_seg(xb)
-        pairs = []
-        for s in self.zo_client.direction_seeds(seed):
-            with self.zo_client.u.perturbed(s, self.hp.lam):
-                plus = self.client_seg(xb)
-            with self.zo_client.u.perturbed(s, -self.hp.lam):
-                minus = self.client_seg(xb)
-            pairs.append((plus, minus))
+        pairs = [self.zo_client.u.central(s, self.hp.lam, lambda: self.client_seg(xb))
+                 for s in self.zo_client.direction_seeds(seed)]
         return h, pairs
 
     def server_step(self, h: torch.Tensor, yb: torch.Tensor, seed: int) -> None:
