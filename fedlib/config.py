@@ -108,6 +108,7 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "grid_eta_s": List(Float(gt=0), [0.01, 0.03, 0.1], min_len=1),
         "grid_eta_c": List(Float(gt=0), [0.003, 0.01, 0.03], min_len=1),
         "delay_in_server_steps": List(Float(ge=0), [0.0, 1.0, 2.0, 3.0, 4.0, 6.0], min_len=1),
+        "straggler_server_flops_per_s": Float(2e7, gt=0),   # the straggler experiment's compute-poor server
     },
     # HERON-SFL against CSE-FSL at the split setting, longer and over eta_c x q (fedlib/stages/heron_study.py)
     "heron_study": {

@@ -36,6 +36,7 @@ BLOCKS: dict[str, list[tuple]] = {
     "study_split": [("results/studies/musplitfed/tau_cut.csv", STUDIES,
                      ("cut", "tau", "seeds_done", "reached_0.25", "rounds_to_0.25_mean", "reached_0.35",
                       "rounds_to_target_mean", "diverged", "last100_accuracy_mean")),
+                    ("results/studies/musplitfed/stragglers.md", STUDIES),
                     ("results/studies/heron/table.csv", STUDIES, ("config", "seed", "final_accuracy", "diverged")),
                     ("results/studies/split_costs/costs.md", STUDIES)],
     "study_lm": [("results/studies/lm/memory.md", STUDIES), ("results/studies/lm/tau_cut.md", STUDIES)],

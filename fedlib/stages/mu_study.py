@@ -7,8 +7,9 @@
           a complete run is skipped, a killed one resumes from its checkpoint).
    gas:   GAS (ZO client, and the original first-order client) at grid_cut for comparison.
 3. report: rounds to mu_study.target_accuracy per (cut, tau) over seeds, and the straggler
-          experiment: each run's rounds to target re-timed with a measured per-client timeline and
-          seeded exponential delays of mean d * (server step time), tau = 1 against tau ~ max(1, d).
+          experiment: each run's rounds to target re-timed with a measured per-client timeline (server
+          work at mu_study.straggler_server_flops_per_s, a compute-poor server) and seeded exponential
+          delays of mean d * (server step time), tau = 1 against tau ~ max(1, d).
 
 Run as ``python -m fedlib.stages.mu_study grid|sweep|report [--seed S]`` from the repository root.
 """
@@ -147,6 +148,14 @@ def timeline(p: SimpleNamespace, cut: str, tau: int, eta: dict, fed) -> tuple[co
     return t, t.overlap_server_s / tau
 
 
+def slow_server(p: SimpleNamespace, t: costs.ClientTimeline, step_s: float) -> tuple[costs.ClientTimeline, float]:
+    """The timeline and server step with the server's work at mu_study.straggler_server_flops_per_s instead of
+    split.server_flops_per_s (time = FLOPs / speed, so the server's seconds scale by the speed ratio)."""
+    k = p.split.server_flops_per_s / p.mu_study.straggler_server_flops_per_s
+    return (costs.ClientTimeline(t.client_s, t.link_s, t.server_s * k, t.first_upload_s, t.overlap_server_s * k),
+            step_s * k)
+
+
 def retime(p: SimpleNamespace, t: costs.ClientTimeline, rounds: int, seed: int, delay_s: float) -> float:
     """Simulated seconds of ``rounds`` rounds: each lasts its slowest sampled client (costs.round_s)."""
     s = p.split
@@ -212,9 +221,12 @@ def report(p: SimpleNamespace) -> dict:
                          "rounds_to_target": " ".join("-" if r is None else str(r) for r in rtt)})
     stragglers = {}
     for cut in m.cuts:
-        lines = {tau: timeline(p, cut, tau, eta, fed) for tau in m.taus}
+        lines = {tau: slow_server(p, *timeline(p, cut, tau, eta, fed)) for tau in m.taus}
         step_s = lines[1][1] if 1 in lines else lines[m.taus[0]][1]
-        cur = {"server_step_s": step_s, "delay_s": [], "tau1": [], "tau_matched": [], "tau_used": []}
+        t1 = lines[m.taus[0]][0]
+        cur = {"server_step_s": step_s, "server_flops_per_s": m.straggler_server_flops_per_s,
+               "client_round_s": t1.client_s + t1.link_s, "delay_s": [], "tau1": [], "tau_matched": [],
+               "tau_used": []}
         for d in m.delay_in_server_steps:
             tau_star = min(m.taus, key=lambda t: abs(t - max(1.0, d)))
             cur["delay_s"].append(d * step_s)
@@ -239,12 +251,34 @@ def report(p: SimpleNamespace) -> dict:
     out = {"target_accuracy": m.target_accuracy, "eta": eta, "rounds": m.rounds, "seeds": m.seeds,
            "table": table, "stragglers": stragglers, "gas": gas}
     (OUT / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
+    (OUT / "stragglers.md").write_text(stragglers_markdown(out, m))
     with open(OUT / "tau_cut.csv", "w", newline="") as f:
         w = csv.DictWriter(f, list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     plot(p, out)
     return out
+
+
+def stragglers_markdown(out: dict, m: SimpleNamespace) -> str:
+    """Per cut: simulated seconds to the target against the stragglers' mean delay, tau = 1 beside tau ~ delay /
+    server step, mean ± std over the seeds that reached it; and how much each grows from no delay to the largest."""
+    fmt = lambda c: "—" if c["mean"] is None else f"{c['mean']:.2f} ± {c['std']:.2f} ({c['reached']}/{len(m.seeds)})"
+    lines = [f"Straggler experiment (simulated seconds to accuracy {m.target_accuracy:g}; server at "
+             f"{m.straggler_server_flops_per_s:.3g} FLOP/s; mean ± std over the seeds that reached it, n/seeds):", "",
+             "| cut | server step s | client round s | mean delay (server steps) | tau used | tau = 1 | tau matched |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    growth = []
+    for cut, st in out["stragglers"].items():
+        for i, d in enumerate(m.delay_in_server_steps):
+            lines.append(f"| {cut} | {st['server_step_s']:.3g} | {st['client_round_s']:.3g} | {d:g} | "
+                         f"{st['tau_used'][i]} | {fmt(st['tau1'][i])} | {fmt(st['tau_matched'][i])} |")
+        g = {k: (st[k][-1]["mean"] / st[k][0]["mean"] if st[k][-1]["mean"] and st[k][0]["mean"] else None)
+             for k in ("tau1", "tau_matched")}
+        growth.append(f"{cut}: tau = 1 x{g['tau1']:.2f}, matched x{g['tau_matched']:.2f}" if None not in g.values()
+                      else f"{cut}: not every setting reached the target")
+    return "\n".join(lines + ["", f"Time to target at delay {m.delay_in_server_steps[-1]:g} steps over delay 0 "
+                               "(1.00 = independent of the delay): " + "; ".join(growth) + ".", ""])
 
 
 def plot(p: SimpleNamespace, out: dict) -> None:
