@@ -60,7 +60,7 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "target_accuracies": List(Float(gt=0, le=1), [0.8, 0.9]),
         "train_loss_samples": Int(1000, ge=1),
         "grad_norm_every": Int(0, ge=0),              # log ||grad f(x_r)||^2 on the train-loss set (0 = off)
-        "eval_batch_size": Int(1000, ge=1),
+        "eval_batch_size": Int(250, ge=1),
         "workers": Int(1, ge=1),                      # threads training a round's clients, one intra-op thread each
         "device": Choice("auto", "auto", "cpu", "cuda"),   # auto: cuda when available, else cpu
         "batched": Choice("auto", "auto", "on", "off"),    # clients in lockstep (torch.func); auto: on for cuda
@@ -168,7 +168,7 @@ SECTIONS: dict[str, dict[str, Field]] = {
     "analysis": {
         "seed": Int(0, ge=0),                         # which training seed's models are analysed
         # f = mean loss over the engine's train-loss set (train.train_loss_samples): every constant uses it
-        "hvp_batch": Int(500, ge=1),                  # samples per chunk of a Hessian-vector product
+        "hvp_batch": Int(250, ge=1),                  # samples per chunk of a Hessian-vector product
         "keep_graphs": Bool(True),                    # keep each chunk's gradient graph between products
         "noise_batches": Int(16, ge=2),               # minibatches for sigma^2 and sigma_rho^2
         "default_rho": Float(0.01, ge=0),             # rho of a SAM method that declares none

@@ -53,8 +53,9 @@ def sample_clients(seed: int, r: int, num_clients: int, per_round: int) -> np.nd
 
 
 @torch.inference_mode()
+@torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) in eval mode."""
+    """(mean cross-entropy, accuracy) in eval mode, no graph."""
     model.eval()
     loss, correct = 0.0, 0
     for i in range(0, len(y), batch_size):
@@ -65,18 +66,23 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     return loss / len(y), correct / len(y)
 
 
-def grad_sq_norm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """||grad f(x)||^2 with f = (1/n) sum_i CE(model(x_i), y_i) over the fixed set (eval mode). The
-    gradient is accumulated chunk by chunk with torch.autograd.grad, so no .grad buffer is touched."""
+def loss_and_grad_sq(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     batch_size: int = 1000) -> tuple[float, float]:
+    """(f(x), ||grad f(x)||^2) with f = (1/n) sum_i CE(model(x_i), y_i) over the fixed set (eval mode), from
+    one forward and backward pass. f is summed as ``evaluate`` sums it; the gradient is accumulated chunk by
+    chunk with torch.autograd.grad, so no .grad buffer is touched."""
     model.eval()
     params = [q for q in model.parameters() if q.requires_grad]
     total = [torch.zeros_like(q) for q in params]
+    value = 0.0
     for i in range(0, len(y), batch_size):
-        loss = F.cross_entropy(model(x[i:i + batch_size]), y[i:i + batch_size], reduction="sum") / len(y)
-        for acc, g in zip(total, torch.autograd.grad(loss, params)):
+        chunk = F.cross_entropy(model(x[i:i + batch_size]), y[i:i + batch_size], reduction="sum")
+        value += chunk.item()
+        for acc, g in zip(total, torch.autograd.grad(chunk / len(y), params)):
             acc += g
     model.train()
-    return float(sum(g.pow(2).sum() for g in total))
+    return value / len(y), float(sum(g.pow(2).sum() for g in total))
+
 
 
 def run_fingerprint(p: SimpleNamespace, method: str, seed: int) -> str:
@@ -160,16 +166,20 @@ def train(p: SimpleNamespace, method: str, seed: int, out_dir: str | Path, *, fe
         row = {"round": r + 1, "client_loss": client_loss,
                "bytes_up": sum(c.bytes_up for c in results), "bytes_down": sum(c.bytes_down for c in results),
                **{k: extra.get(k, "") for k in alg.metric_names}}
-        if (r + 1) % t.eval_every == 0 or r + 1 == t.rounds:
+        last = r + 1 == t.rounds
+        need_grad = t.grad_norm_every and ((r + 1) % t.grad_norm_every == 0 or last)
+        if need_grad or (r + 1) % t.eval_every == 0 or last:
             worker.load(x)
-            row["train_loss"], _ = evaluate(worker.model, x_loss, y_loss, t.eval_batch_size)
+        if need_grad:           # f and ||grad f(x_{r+1})||^2 on the train-loss set, the analysis' f (fedlib/analysis)
+            f_value, grad_sq = loss_and_grad_sq(worker.model, x_loss, y_loss, t.eval_batch_size)
+        if (r + 1) % t.eval_every == 0 or last:
+            row["train_loss"] = f_value if need_grad else evaluate(worker.model, x_loss, y_loss, t.eval_batch_size)[0]
             row["test_loss"], row["test_accuracy"] = evaluate(worker.model, fed.data.x_test, fed.data.y_test,
                                                               t.eval_batch_size)
             if not math.isfinite(row["train_loss"]):
                 raise diverged(f"the global model's training loss is {row['train_loss']}", r)
-        if t.grad_norm_every and ((r + 1) % t.grad_norm_every == 0 or r + 1 == t.rounds):
-            worker.load(x)      # ||grad f(x_{r+1})||^2 on the train-loss set, the analysis' f (fedlib/analysis)
-            row["grad_sq"] = grad_sq_norm(worker.model, x_loss, y_loss, t.eval_batch_size)
+        if need_grad:
+            row["grad_sq"] = grad_sq
         metrics_f.append(row)
         timing_f.append({"round": r + 1, "train_s": t1 - t0, "eval_s": time.perf_counter() - t1})
         if r + 1 in t.snapshot_rounds:

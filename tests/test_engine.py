@@ -138,3 +138,32 @@ def test_summary_by_hand():
     assert s["rounds_to_target"] == {"0.8": 3, "0.9": None}
     assert s["last10_accuracy"] == pytest.approx((0.5 + 0.85 + 0.8) / 3)
     assert s["bytes_up"] == 40 and s["total_seconds"] == 6.0
+
+
+def test_logged_train_loss_and_grad_sq_match_a_float64_reference(tmp_path, digits_fed):
+    """Each row's train_loss and grad_sq are f(x_r) and ||grad f(x_r)||^2 on the fixed train-loss set (one pass),
+    for any eval chunk size; checked against autograd in float64 at the saved final model."""
+    from torch.func import functional_call
+
+    rows = {}
+    for chunk in (7, 1000):
+        p = validate(tiny_raw(rounds=2, grad_norm_every=1, train_loss_samples=60, eval_batch_size=chunk))
+        s = engine.train(p, "fedavg", 0, tmp_path / str(chunk), fed=digits_fed, model_dir=tmp_path / f"m{chunk}")
+        rows[chunk] = engine._read_csv(tmp_path / str(chunk) / "metrics.csv")[-1]
+        assert s["final_accuracy"] == float(rows[chunk]["test_accuracy"])
+    saved = engine.load_models(tmp_path / "m7" / "models.pt")
+    model = build_model(p.train.model, digits_fed.data.input_shape, digits_fed.data.num_classes).double().eval()
+    idx = torch.randperm(len(digits_fed.data.y_train), generator=torch.Generator().manual_seed(p.data.seed))[:60]
+    xs, ys = digits_fed.data.x_train[idx].double(), digits_fed.data.y_train[idx]
+    names = [n for n, _ in model.named_parameters()]
+    flat = saved["final"].double().requires_grad_(True)
+    params, i = {}, 0
+    for n, q in model.named_parameters():
+        params[n] = flat[i:i + q.numel()].view_as(q)
+        i += q.numel()
+    assert i == flat.numel() and names
+    f = torch.nn.functional.cross_entropy(functional_call(model, params, (xs,)), ys)
+    g, = torch.autograd.grad(f, flat)
+    for chunk, row in rows.items():
+        assert abs(float(row["train_loss"]) - f.item()) < 1e-5 * max(1.0, f.item()), chunk
+        assert abs(float(row["grad_sq"]) - g.pow(2).sum().item()) < 1e-4 * g.pow(2).sum().item(), chunk
