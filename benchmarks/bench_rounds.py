@@ -48,9 +48,9 @@ WORKLOAD = {
     "train.model": "cnn", "train.clients_per_round": 10, "train.local_epochs": 2, "train.batch_size": 20,
     "train.lr": 0.05, "train.lr_decay": 0.998, "train.weight_decay": 0.001, "train.clip": 10.0,
     "train.server_lr": 1.0, "train.eval_every": 1, "train.checkpoint_every": 5, "train.snapshot_rounds": [0],
-    "train.train_loss_samples": 500, "train.eval_batch_size": 1000,
+    "train.train_loss_samples": 500, "train.eval_batch_size": 250, "train.grad_norm_every": 0,
     "train.workers": 2, "train.device": "cpu", "train.batched": "off",
-    # the curvature diagnostic is extra analysis work the other contenders do not do: off when timing
+    # the curvature diagnostic and ||grad f||^2 are extra analysis work the other contenders do not do: off here
     "methods.fedavg.diag_every": 0, "methods.fedsam.diag_every": 0, "methods.fedwmsam.diag_every": 0,
 }
 

@@ -163,6 +163,8 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "study_taus": List(Int(ge=1), [1, 2, 3, 4, 5, 6], min_len=1),
         "study_seeds": List(Int(ge=0), [0], min_len=1),
         "study_rounds": Int(20, ge=1),
+        "study_train_samples": Int(2000, ge=0),       # the study's training subset (0 = all 67,349)
+        "study_eval_every": Int(10, ge=1),
     },
     # analysis of the trained models (fedlib/analysis): bound terms and flatness
     "analysis": {

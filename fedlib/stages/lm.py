@@ -177,7 +177,10 @@ def study_runs(p: SimpleNamespace, cut: str) -> list[dict]:
 
 
 def lm_study_stage(p: SimpleNamespace, cut: str, out_dir: str | Path, ckpt_dir: str | Path, progress: bool = True) -> dict:
-    """Train (or pick up) every run of ``study_runs``; each finished run is kept, a killed one resumes."""
+    """Train (or pick up) every run of ``study_runs``; each finished run is kept, a killed one resumes.
+    The study trains on lm.study_train_samples sentences and evaluates every lm.study_eval_every rounds."""
+    p = copy.deepcopy(p)
+    p.lm.train_samples, p.lm.eval_every = p.lm.study_train_samples, p.lm.study_eval_every
     lm, out_dir = p.lm, Path(out_dir)
     fed = lm_federation(p)
     table = {}
