@@ -73,6 +73,8 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "cut": Choice("conv2", *CUT_POINTS),
         "rounds": Int(60, ge=1),
         "eval_every": Int(5, ge=1),
+        "eval_batch_size": Int(1000, ge=1),           # evaluation settings of the split runs (as recorded
+        "train_loss_samples": Int(500, ge=1),         # in the committed split studies' fingerprints)
         "num_clients": Int(10, ge=1),                 # the split runs' own partition
         "clients_per_round": Int(5, ge=1),
         "scheme": Choice("dirichlet", "iid", "dirichlet", "shards"),

@@ -37,7 +37,7 @@ BLOCKS: dict[str, list[tuple]] = {
                      ("cut", "tau", "seeds_done", "reached_0.25", "rounds_to_0.25_mean", "reached_0.35",
                       "rounds_to_target_mean", "diverged", "last100_accuracy_mean")),
                     ("results/studies/musplitfed/stragglers.md", STUDIES),
-                    ("results/studies/heron/table.csv", STUDIES, ("config", "seed", "final_accuracy", "diverged")),
+                    ("results/studies/heron/table.md", STUDIES),
                     ("results/studies/split_costs/costs.md", STUDIES)],
     "study_lm": [("results/studies/lm/memory.md", STUDIES), ("results/studies/lm/tau_cut.md", STUDIES)],
     "study_analysis": [("results/studies/analysis/sweeps/table.md", STUDIES)],

@@ -66,7 +66,38 @@ def summarise(p) -> dict:
             w = csv.DictWriter(f, keys)
             w.writeheader()
             w.writerows(rows)
+        (OUT / "table.md").write_text(markdown(p, rows))
     return {"rows": rows}
+
+
+def markdown(p, rows: list[dict]) -> str:
+    """Per config: final accuracy mean ± std over seeds (a diverged run counts as 0) and HERON - CSE-FSL paired
+    by seed, mean with its 95 % t-interval and the verdict of 'HERON matches CSE-FSL' (within ±stats.EQUIV)."""
+    import numpy as np
+
+    from fedlib.stats import EQUIV, interval, verdict
+
+    acc = {(r["config"], r["seed"]): r["final_accuracy"] for r in rows}
+    base = {sd: a for (c, sd), a in acc.items() if c == "csefsl"}
+    lines = [f"HERON-SFL against CSE-FSL, {p.heron_study.rounds} rounds, seeds {p.heron_study.seeds}: final test "
+             f"accuracy (mean ± std over seeds; diverged = 0) and HERON − CSE-FSL paired by seed (95 % t-interval; "
+             f"'matches' = the interval inside ±{EQUIV:g})", "",
+             "| config | seeds | diverged | final accuracy | − CSE-FSL [95 % CI] | matches CSE-FSL |", "|---|---:|---:|---|---|---|"]
+    for name, _, _ in configs(p):
+        got = {sd: a for (c, sd), a in acc.items() if c == name}
+        if not got:
+            continue
+        v = np.array(list(got.values()))
+        div = sum(r["diverged"] for r in rows if r["config"] == name)
+        cell = "—"
+        if name != "csefsl":
+            d = [got[sd] - base[sd] for sd in sorted(got) if sd in base]
+            m, lo, hi = interval(d)
+            cell = f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}] | {verdict(lo, hi, len(d), equivalence=True)}"
+        else:
+            cell = "— | —"
+        lines.append(f"| {name} | {len(v)} | {div} | {v.mean():.4f} ± {v.std():.4f} | {cell} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> None:
