@@ -79,3 +79,18 @@ def test_stragglers_seeded():
     assert abs(sum(d) / len(d) - 2.0) < 0.5                                    # Exp(mean 2)
     fast = next(k for k in range(10) if k not in slow)
     assert costs.straggler_delay(system, 0, 1, fast, slow) == 0.0
+
+
+def test_straggler_experiment_slows_only_the_servers_seconds():
+    """mu_study.slow_server: server seconds scale by split.server_flops_per_s / straggler_server_flops_per_s;
+    client compute, link and the first upload do not change."""
+    from types import SimpleNamespace
+
+    from fedlib.stages.mu_study import slow_server
+
+    p = SimpleNamespace(split=SimpleNamespace(server_flops_per_s=1e10),
+                        mu_study=SimpleNamespace(straggler_server_flops_per_s=2e7))
+    t = costs.ClientTimeline(client_s=0.01, link_s=0.05, server_s=1e-4, first_upload_s=0.03, overlap_server_s=3e-4)
+    slow, step = slow_server(p, t, 1e-4)
+    assert (slow.client_s, slow.link_s, slow.first_upload_s) == (0.01, 0.05, 0.03)
+    assert abs(slow.server_s - 0.05) < 1e-12 and abs(slow.overlap_server_s - 0.15) < 1e-12 and abs(step - 0.05) < 1e-12
