@@ -53,7 +53,6 @@ def sample_clients(seed: int, r: int, num_clients: int, per_round: int) -> np.nd
 
 
 @torch.inference_mode()
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) in eval mode, no graph."""
     model.eval()
@@ -82,7 +81,6 @@ def loss_and_grad_sq(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
             acc += g
     model.train()
     return value / len(y), float(sum(g.pow(2).sum() for g in total))
-
 
 
 def run_fingerprint(p: SimpleNamespace, method: str, seed: int) -> str:
@@ -167,19 +165,18 @@ def train(p: SimpleNamespace, method: str, seed: int, out_dir: str | Path, *, fe
                "bytes_up": sum(c.bytes_up for c in results), "bytes_down": sum(c.bytes_down for c in results),
                **{k: extra.get(k, "") for k in alg.metric_names}}
         last = r + 1 == t.rounds
+        need_eval = (r + 1) % t.eval_every == 0 or last
         need_grad = t.grad_norm_every and ((r + 1) % t.grad_norm_every == 0 or last)
-        if need_grad or (r + 1) % t.eval_every == 0 or last:
+        if need_eval or need_grad:
             worker.load(x)
         if need_grad:           # f and ||grad f(x_{r+1})||^2 on the train-loss set, the analysis' f (fedlib/analysis)
-            f_value, grad_sq = loss_and_grad_sq(worker.model, x_loss, y_loss, t.eval_batch_size)
-        if (r + 1) % t.eval_every == 0 or last:
+            f_value, row["grad_sq"] = loss_and_grad_sq(worker.model, x_loss, y_loss, t.eval_batch_size)
+        if need_eval:
             row["train_loss"] = f_value if need_grad else evaluate(worker.model, x_loss, y_loss, t.eval_batch_size)[0]
             row["test_loss"], row["test_accuracy"] = evaluate(worker.model, fed.data.x_test, fed.data.y_test,
                                                               t.eval_batch_size)
             if not math.isfinite(row["train_loss"]):
                 raise diverged(f"the global model's training loss is {row['train_loss']}", r)
-        if need_grad:
-            row["grad_sq"] = grad_sq
         metrics_f.append(row)
         timing_f.append({"round": r + 1, "train_s": t1 - t0, "eval_s": time.perf_counter() - t1})
         if r + 1 in t.snapshot_rounds:

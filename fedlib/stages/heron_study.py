@@ -89,13 +89,11 @@ def markdown(p, rows: list[dict]) -> str:
             continue
         v = np.array(list(got.values()))
         div = sum(r["diverged"] for r in rows if r["config"] == name)
-        cell = "—"
+        cell = "— | —"
         if name != "csefsl":
             d = [got[sd] - base[sd] for sd in sorted(got) if sd in base]
             m, lo, hi = interval(d)
             cell = f"{m:+.4f} [{lo:+.4f}, {hi:+.4f}] | {verdict(lo, hi, len(d), equivalence=True)}"
-        else:
-            cell = "— | —"
         lines.append(f"| {name} | {len(v)} | {div} | {v.mean():.4f} ± {v.std():.4f} | {cell} |")
     return "\n".join(lines) + "\n"
 
