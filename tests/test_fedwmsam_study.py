@@ -80,3 +80,26 @@ def test_bad_study_params_and_fingerprint(project):
     fp = lambda **o: study.study_fingerprint(study.study_params("params.yaml", "fedsam", "shards-2", o), "fedsam", 0)
     assert fp() == fp(**{"train.workers": 3}) != fp(**{"train.lr": 0.2})   # threads do not change the numbers
     assert study.partition_overrides("shards-3") == {"partition.scheme": "shards", "partition.classes_per_client": 3}
+
+
+def test_a_run_locked_by_a_live_process_is_left_to_it_and_a_dead_owners_lock_is_taken(project):
+    import os
+    import subprocess
+    import sys
+
+    lock = project / "runs" / "x" / "lock"
+    assert study.claim(lock) and lock.read_text() == str(os.getpid())
+    assert not study.claim(lock)                                    # held by a live process (this one)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(dead.stdout.strip())                            # its owner has exited
+    assert study.claim(lock) and lock.read_text() == str(os.getpid())
+    lock.write_text(str(os.getpid()))
+    scratch = study.run_dir(study.SCRATCH / "runs" / "shards-2", "fedsam", 0)
+    study.claim(scratch / "lock")
+    study.main_runs("params.yaml", seeds=[0], partitions=["shards-2"], methods=["fedsam"])
+    assert not (study.OUT / "main" / "shards-2" / "fedsam" / "0" / "summary.json").exists()   # busy: not trained
+    (scratch / "lock").unlink()
+    study.main_runs("params.yaml", seeds=[0], partitions=["shards-2"], methods=["fedsam"])
+    assert (study.OUT / "main" / "shards-2" / "fedsam" / "0" / "summary.json").exists()
+    assert not (scratch / "lock").exists()                          # released after the run
+    assert not (study.OUT / "main" / "shards-2" / "fedwmsam").exists()   # --methods restricts the runs

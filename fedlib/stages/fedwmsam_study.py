@@ -8,11 +8,14 @@ A run is ``engine.train`` with the study's settings laid over the root params.ya
 timing.csv, summary.json, timing.json, fingerprint.txt) go to results/studies/fedwmsam/<main|ablation>/<partition
 or variant>/<method>/<seed>/; its checkpoint to runs/studies/fedwmsam/... (scratch). A run whose summary.json and
 fingerprint match the current params is skipped; a killed run resumes from its checkpoint. Runs are ordered seed
-first, so every method and partition of seed 0 is complete before seed 1 starts.
+first, so every method and partition of seed 0 is complete before seed 1 starts. A run being trained holds a lock
+(runs/studies/fedwmsam/.../lock, the owner's pid), so two processes started with the same arguments share the work
+(two one-thread processes are the fastest use of two cores); a lock whose process is gone is taken over.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -71,17 +74,42 @@ def study_params(params_path: str | Path, method: str, part: str, extra: dict | 
     return load_params(params_path, {**over, **(extra or {})})
 
 
-def run_one(p: SimpleNamespace, method: str, seed: int, out: Path, scratch: Path, fed, progress: bool) -> dict:
-    """Skip when complete with the same fingerprint, else train (resuming from the checkpoint)."""
+def run_one(p: SimpleNamespace, method: str, seed: int, out: Path, scratch: Path, fed, progress: bool) -> str:
+    """Skip when complete with the same fingerprint or locked by a live process, else train (resuming from the
+    checkpoint). Returns 'done', 'skipped' or 'busy'."""
     fp = study_fingerprint(p, method, seed)
     done = out / "summary.json"
     if done.exists() and (out / "fingerprint.txt").exists() and (out / "fingerprint.txt").read_text().strip() == fp:
-        return engine.read_summary(out)
-    out.mkdir(parents=True, exist_ok=True)
-    done.unlink(missing_ok=True)
-    summary = engine.train(p, method, seed, out, fed=fed, ckpt_dir=scratch, progress=progress)
-    (out / "fingerprint.txt").write_text(fp + "\n")
-    return summary
+        return "skipped"
+    if not claim(scratch / "lock"):
+        return "busy"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        done.unlink(missing_ok=True)
+        engine.train(p, method, seed, out, fed=fed, ckpt_dir=scratch, progress=progress)
+        (out / "fingerprint.txt").write_text(fp + "\n")
+    finally:
+        (scratch / "lock").unlink(missing_ok=True)
+    return "done"
+
+
+def claim(lock: Path) -> bool:
+    """Create `lock` holding this pid; False when another live process holds it (a dead owner's lock is taken)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or 0), 0)
+                return False
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                lock.unlink(missing_ok=True)
+                continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
 
 
 def study_fingerprint(p: SimpleNamespace, method: str, seed: int) -> str:
@@ -106,18 +134,19 @@ def federation(p: SimpleNamespace, cache: dict):
     return cache[key]
 
 
-def main_runs(params_path="params.yaml", seeds=None, progress=False, partitions=None, workers=None) -> None:
+def main_runs(params_path="params.yaml", seeds=None, progress=False, partitions=None, workers=None,
+              methods=None) -> None:
     s = load_params(params_path).study_fedwmsam
     check_study(s)
     cache: dict = {}
     extra = {} if workers is None else {"train.workers": workers}
     for seed in seeds if seeds is not None else s.seeds:
         for part in partitions if partitions is not None else s.partitions:
-            for m in s.methods:
+            for m in methods or s.methods:
                 p = study_params(params_path, m, part, extra)
-                run_one(p, m, seed, run_dir(OUT / "main" / part, m, seed), run_dir(SCRATCH / "runs" / part, m, seed),
-                        federation(p, cache), progress)
-                print(f"done {part}/{m}/{seed}", flush=True)
+                how = run_one(p, m, seed, run_dir(OUT / "main" / part, m, seed),
+                              run_dir(SCRATCH / "runs" / part, m, seed), federation(p, cache), progress)
+                print(f"{how} {part}/{m}/{seed}", flush=True)
 
 
 def ablation_variants(s: SimpleNamespace) -> dict[str, dict]:
@@ -135,7 +164,8 @@ def ablation_variants(s: SimpleNamespace) -> dict[str, dict]:
     return out
 
 
-def main_ablation(params_path="params.yaml", seeds=None, progress=False, partitions=None, workers=None) -> None:
+def main_ablation(params_path="params.yaml", seeds=None, progress=False, partitions=None, workers=None,
+                  methods=None) -> None:
     s = load_params(params_path).study_fedwmsam
     cache: dict = {}
     extra = {} if workers is None else {"train.workers": workers}
@@ -143,9 +173,9 @@ def main_ablation(params_path="params.yaml", seeds=None, progress=False, partiti
         for name, hp in ablation_variants(s).items():
             p = study_params(params_path, "fedwmsam", s.ablation_partition,
                              {**extra, **{f"methods.fedwmsam.{k}": v for k, v in hp.items()}})
-            run_one(p, "fedwmsam", seed, run_dir(OUT / "ablation" / name, "fedwmsam", seed),
-                    run_dir(SCRATCH / "ablation" / name, "fedwmsam", seed), federation(p, cache), progress)
-            print(f"done ablation {name}/{seed}", flush=True)
+            how = run_one(p, "fedwmsam", seed, run_dir(OUT / "ablation" / name, "fedwmsam", seed),
+                          run_dir(SCRATCH / "ablation" / name, "fedwmsam", seed), federation(p, cache), progress)
+            print(f"{how} ablation {name}/{seed}", flush=True)
 
 
 def cli(argv=None) -> None:
@@ -153,12 +183,14 @@ def cli(argv=None) -> None:
     ap.add_argument("what", choices=["runs", "ablation"])
     ap.add_argument("--seeds", type=int, nargs="*", default=None, help="only these seeds (default: all)")
     ap.add_argument("--partitions", nargs="*", default=None, help="runs: only these partitions (default: all)")
+    ap.add_argument("--methods", nargs="*", default=None, help="runs: only these methods, in this order")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--workers", type=int, default=None,
                     help="threads per run (default train.workers); two processes of 1 beat one of 2 on 2 cores")
     a = ap.parse_args(argv)
-    (main_runs if a.what == "runs" else main_ablation)(a.params, a.seeds, a.progress, a.partitions, a.workers)
+    (main_runs if a.what == "runs" else main_ablation)(a.params, a.seeds, a.progress, a.partitions, a.workers,
+                                                         a.methods)
 
 
 if __name__ == "__main__":
