@@ -161,6 +161,11 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "train_loss_samples": Int(64, ge=1),
         # the longer study (notebooks/studies/dvc.yaml): MU-SplitFed's Table-4 analogue, tau x cut
         "study_label": Choice("musplitfed_lora", *LM_LABELS),
+        "study_servers": List(Choice("zo", "zo", "fo"), ["zo", "fo"], min_len=1),   # zo as published; fo extension
+        "study_mu_eta_c": Float(1e-2, gt=0),          # the study's client step (LoRA or full, per study_label)
+        "study_mu_eta_s": Float(1e-2, gt=0),          # the study's zeroth-order server step
+        "study_mu_eta_s_fo": Float(0.2, gt=0),        # the study's first-order server step (extension)
+        "study_target_accuracy": Float(0.75, gt=0, le=1),
         "study_cuts": List(Choice("block1", *LM_CUTS), ["block1", "block3", "block5"], min_len=1),
         "study_taus": List(Int(ge=1), [1, 2, 3, 4, 5, 6], min_len=1),
         "study_seeds": List(Int(ge=0), [0], min_len=1),

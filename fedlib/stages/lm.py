@@ -170,60 +170,78 @@ def lm_report(p: SimpleNamespace, out_dir: str | Path) -> dict:
 
 
 def study_runs(p: SimpleNamespace, cut: str) -> list[dict]:
-    """The Table-4 analogue at one cut: lm.study_label for every tau of lm.study_taus and seed of lm.study_seeds."""
+    """The Table-4 analogue at one cut: lm.study_label with each server of lm.study_servers (zo: MU-SplitFed as
+    published; fo: the first-order server extension) for every tau of lm.study_taus and seed of lm.study_seeds."""
     lm = p.lm
-    return [{"name": f"{lm.study_label}-{cut}-tau{tau}-{seed}", "cut": cut, "tau": tau, "seed": seed}
-            for tau in lm.study_taus for seed in lm.study_seeds]
+    return [{"name": f"{lm.study_label}-{server}-{cut}-tau{tau}-{seed}", "server": server, "cut": cut, "tau": tau,
+             "seed": seed} for server in lm.study_servers for tau in lm.study_taus for seed in lm.study_seeds]
+
+
+def study_lm(p: SimpleNamespace, server: str) -> SimpleNamespace:
+    """A copy of p whose lm section carries the study's settings for one server kind: data size, evaluation
+    interval, target, and the MU-SplitFed step sizes (so each run's fingerprint covers them)."""
+    q = copy.deepcopy(p)
+    lm = q.lm
+    lm.train_samples, lm.eval_every, lm.target_accuracy = lm.study_train_samples, lm.study_eval_every, \
+        lm.study_target_accuracy
+    lm.mu_server = server
+    lm.mu_eta_c = lm.mu_eta_c_lora = lm.study_mu_eta_c
+    lm.mu_eta_s = lm.mu_eta_s_lora = lm.study_mu_eta_s if server == "zo" else lm.study_mu_eta_s_fo
+    return q
 
 
 def lm_study_stage(p: SimpleNamespace, cut: str, out_dir: str | Path, ckpt_dir: str | Path, progress: bool = True) -> dict:
     """Train (or pick up) every run of ``study_runs``; each finished run is kept, a killed one resumes.
     The study trains on lm.study_train_samples sentences and evaluates every lm.study_eval_every rounds."""
-    p = copy.deepcopy(p)
-    p.lm.train_samples, p.lm.eval_every = p.lm.study_train_samples, p.lm.study_eval_every
     lm, out_dir = p.lm, Path(out_dir)
-    fed = lm_federation(p)
+    fed = lm_federation(study_lm(p, "zo"))
     table = {}
     for run in study_runs(p, cut):
-        s = run_lm(p, lm.study_label, run["seed"], out_dir / run["name"], Path(ckpt_dir) / run["name"], fed,
-                   progress, cut=cut, tau=run["tau"], rounds=lm.study_rounds)
+        s = run_lm(study_lm(p, run["server"]), lm.study_label, run["seed"], out_dir / run["name"],
+                   Path(ckpt_dir) / run["name"], fed, progress, cut=cut, tau=run["tau"], rounds=lm.study_rounds)
         table[run["name"]] = {**run, "final_accuracy": s["final_accuracy"], "best_accuracy": s["best_accuracy"],
-                              "rounds_to_target": s["rounds_to_target"][f"{lm.target_accuracy:g}"],
+                              "rounds_to_target": s["rounds_to_target"][f"{lm.study_target_accuracy:g}"],
                               "seconds_per_round": s["seconds_per_round"]}
     (out_dir / f"summary-{cut}.json").write_text(json.dumps(table, indent=2) + "\n")
     return table
 
 
 def study_report(p: SimpleNamespace, study_dir: str | Path, out_dir: str | Path) -> dict:
-    """tau x cut tables (rounds to lm.target_accuracy, mean over seeds, '—' if a seed never reached it;
-    final accuracy) and accuracy-vs-round figures, one per cut."""
+    """Per server kind: tau x cut tables (rounds to lm.study_target_accuracy, mean over seeds, '—' if a seed never
+    reached it; final accuracy) and accuracy-vs-round figures, one per cut."""
     lm, study_dir, out_dir = p.lm, Path(study_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = {}
     for cut in lm.study_cuts:                    # one folder per cut (one study stage each)
         table.update(json.loads((study_dir / cut / f"summary-{cut}.json").read_text()))
-    cell = {}
-    for cut in lm.study_cuts:
-        for tau in lm.study_taus:
-            rs = [table[f"{lm.study_label}-{cut}-tau{tau}-{s}"] for s in lm.study_seeds]
-            reach = [r["rounds_to_target"] for r in rs]
-            cell[cut, tau] = {"rounds_to_target": None if None in reach else float(np.mean(reach)),
-                              "final_accuracy": float(np.mean([r["final_accuracy"] for r in rs]))}
-        curves = read_curves(study_dir / cut, {f"tau={tau}": [f"{lm.study_label}-{cut}-tau{tau}-{s}" for s in lm.study_seeds]
-                                         for tau in lm.study_taus})
-        accuracy_figure(curves, out_dir / f"accuracy-{cut}.png", f"{lm.study_label} on SST-2, cut {cut}")
-    lines = []
-    for key, spec, title in (("rounds_to_target", ".1f", f"rounds to {lm.target_accuracy:g}"),
-                             ("final_accuracy", ".4f", f"accuracy after {lm.study_rounds} rounds")):
-        lines += [f"{title} ({lm.study_label}; rows: cut, columns: tau)", "",
-                  "| cut | " + " | ".join(f"τ={t}" for t in lm.study_taus) + " |",
-                  "|---|" + "---|" * len(lm.study_taus)]
-        lines += [f"| {cut} | " + " | ".join(fmt_or_dash(cell[cut, t][key], spec) for t in lm.study_taus) + " |"
-                  for cut in lm.study_cuts]
-        lines.append("")
+    cell, lines = {}, []
+    kind = {"zo": "zeroth-order server, as published", "fo": "first-order server, an extension"}
+    for server in lm.study_servers:
+        for cut in lm.study_cuts:
+            names = {tau: [f"{lm.study_label}-{server}-{cut}-tau{tau}-{s}" for s in lm.study_seeds]
+                     for tau in lm.study_taus}
+            for tau in lm.study_taus:
+                rs = [table[n] for n in names[tau]]
+                reach = [r["rounds_to_target"] for r in rs]
+                cell[server, cut, tau] = {"rounds_to_target": None if None in reach else float(np.mean(reach)),
+                                          "final_accuracy": float(np.mean([r["final_accuracy"] for r in rs])),
+                                          "best_accuracy": float(np.mean([r["best_accuracy"] for r in rs]))}
+            accuracy_figure(read_curves(study_dir / cut, {f"tau={t}": n for t, n in names.items()}),
+                            out_dir / f"accuracy-{server}-{cut}.png",
+                            f"{lm.study_label}, {kind[server]}, cut {cut}")
+        for key, spec, title in (("rounds_to_target", ".1f", f"rounds to {lm.study_target_accuracy:g}"),
+                                 ("final_accuracy", ".4f", f"accuracy after {lm.study_rounds} rounds"),
+                                 ("best_accuracy", ".4f", "best accuracy")):
+            lines += [f"{title} ({lm.study_label}, {kind[server]}; rows: cut, columns: tau)", "",
+                      "| cut | " + " | ".join(f"τ={t}" for t in lm.study_taus) + " |",
+                      "|---|" + "---|" * len(lm.study_taus)]
+            lines += [f"| {cut} | " + " | ".join(fmt_or_dash(cell[server, cut, t][key], spec) for t in lm.study_taus)
+                      + " |" for cut in lm.study_cuts]
+            lines.append("")
     (out_dir / "tau_cut.md").write_text("\n".join(lines))
-    best = {cut: min((t for t in lm.study_taus if cell[cut, t]["rounds_to_target"] is not None),
-                     key=lambda t: cell[cut, t]["rounds_to_target"], default=None) for cut in lm.study_cuts}
-    summary = {"cells": {f"{c}/tau{t}": v for (c, t), v in cell.items()}, "best_tau": best}
+    best = {f"{server}/{cut}": min((t for t in lm.study_taus if cell[server, cut, t]["rounds_to_target"] is not None),
+                                   key=lambda t: cell[server, cut, t]["rounds_to_target"], default=None)
+            for server in lm.study_servers for cut in lm.study_cuts}
+    summary = {"cells": {f"{s}/{c}/tau{t}": v for (s, c, t), v in cell.items()}, "best_tau": best}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
