@@ -136,3 +136,40 @@ def test_client_memory_of_each_method_is_measured_with_one_accounting():
     assert rows["fedlora"]["trainable"] < rows["fedlora"]["params"] / 10
     assert rows["heron_lora"]["peak_bytes"] < rows["heron"]["peak_bytes"] < rows["csefsl"]["peak_bytes"]
     assert all(r["transient_bytes"] > 0 for r in rows.values())
+
+
+def test_study_runs_each_server_kind_with_its_own_steps_and_reports_every_cell(tmp_path):
+    p = config.load_params("params.yaml", {"lm.study_cuts": ["block1", "block5"], "lm.study_taus": [1, 3],
+                                           "lm.study_seeds": [0, 1], "lm.study_servers": ["zo", "fo"]})
+    zo, fo = stage.study_lm(p, "zo"), stage.study_lm(p, "fo")
+    for q, eta_s in ((zo, p.lm.study_mu_eta_s), (fo, p.lm.study_mu_eta_s_fo)):
+        mq, method = stage.lm_params(q, "musplitfed_lora", 0, cut="block1", tau=3, rounds=7)
+        hp = mq.methods.musplitfed
+        assert (hp.server, hp.eta_s, hp.eta_c, hp.tau, hp.cut) == (q.lm.mu_server, eta_s, p.lm.study_mu_eta_c, 3,
+                                                                    "block1")
+        assert mq.train.rounds == 7 and mq.data.train_samples == p.lm.study_train_samples
+        assert mq.train.target_accuracies == [p.lm.study_target_accuracy]
+    assert (zo.lm.mu_server, fo.lm.mu_server) == ("zo", "fo") and p.lm.mu_server == "zo"   # p itself untouched
+    runs = [r for cut in p.lm.study_cuts for r in stage.study_runs(p, cut)]
+    assert len(runs) == 2 * 2 * 2 * 2 and len({r["name"] for r in runs}) == len(runs)
+    # fake finished runs: rounds to target = 10 * tau + seed (fo) or never (zo); accuracy rises to 0.7 + tau / 100
+    rng = np.random.default_rng(0)
+    for cut in p.lm.study_cuts:
+        table = {}
+        for r in stage.study_runs(p, cut):
+            d = tmp_path / "grid" / cut / r["name"]
+            d.mkdir(parents=True)
+            acc = 0.7 + r["tau"] / 100 + (0 if r["server"] == "fo" else -0.1)
+            d.joinpath("metrics.csv").write_text("round,test_accuracy\n1,0.5\n2,%.3f\n" % acc)
+            reach = 10 * r["tau"] + r["seed"] if r["server"] == "fo" else None
+            table[r["name"]] = {**r, "final_accuracy": acc, "best_accuracy": acc + rng.uniform(0, 0.01),
+                                "rounds_to_target": reach, "seconds_per_round": 1.0}
+        (tmp_path / "grid" / cut / f"summary-{cut}.json").write_text(__import__("json").dumps(table))
+    s = stage.study_report(p, tmp_path / "grid", tmp_path / "out")
+    assert s["cells"]["fo/block5/tau3"]["rounds_to_target"] == 30.5                    # mean of seeds 30, 31
+    assert s["cells"]["zo/block5/tau3"]["rounds_to_target"] is None
+    assert s["cells"]["zo/block1/tau1"]["final_accuracy"] == pytest.approx(0.61)
+    assert s["best_tau"] == {"zo/block1": None, "zo/block5": None, "fo/block1": 1, "fo/block5": 1}
+    md = (tmp_path / "out" / "tau_cut.md").read_text()
+    assert "| block1 | 10.5 | 30.5 |" in md and "| block1 | — | — |" in md and "| block5 | 0.6100 | 0.6300 |" in md and "| block5 | 0.7100 | 0.7300 |" in md
+    assert all((tmp_path / "out" / f"accuracy-{s}-{c}.png").exists() for s in ("zo", "fo") for c in ("block1", "block5"))
