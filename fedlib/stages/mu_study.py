@@ -36,6 +36,7 @@ def study_params(p: SimpleNamespace, cut: str, tau: int, seed: int, rounds: int,
     m = p.mu_study
     q = split_params(p, "musplitfed", seed, cut=cut, tau=tau, rounds=rounds, model=m.model)
     q.train.eval_every = m.eval_every
+    q.train.grad_norm_every = 0            # f is logged at evaluations only: thousands of cheap rounds
     q.train.target_accuracies = [0.5]      # fixed, so that a new mu_study.target_accuracy reuses the runs
     hp = q.methods.musplitfed
     hp.server = "zo"
@@ -72,7 +73,6 @@ def grid(p: SimpleNamespace, workers: tuple[int, int] = (0, 1)) -> dict:
         if i % workers[1] != workers[0]:
             continue
         q = study_params(p, m.grid_cut, 1, m.seeds[0], m.grid_rounds, {"eta_s": es, "eta_c": ec})
-        q.train.eval_every = 25                                   # the grid's own evaluation interval
         s = run_once(q, m.seeds[0], OUT / name, CKPT / name, fed)
         rows.append({"eta_s": es, "eta_c": ec, **{k: s.get(k) for k in ("final_accuracy", "best_accuracy",
                                                                            "diverged_round")}})
