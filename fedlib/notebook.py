@@ -36,16 +36,22 @@ class NotebookError(RuntimeError):
         self.line, self.log = line, log
 
 
-def _kernel_manager_class():
+def _kernel_manager_class(socket_dir: str):
     from jupyter_client import AsyncKernelManager
     from traitlets import default
 
     class IPCKernelManager(AsyncKernelManager):
-        """The kernel's sockets are unix sockets beside its connection file (Jupyter's runtime dir)."""
+        """The kernel's sockets are unix sockets in ``socket_dir``, a directory of this run's own: two notebooks
+        run at once (two studies, two terminals) never pick the same socket names, and none is left in the
+        working directory (jupyter_client's default for ipc is ./kernel-ipc-N)."""
 
         @default("transport")
         def _default_transport(self):
             return "ipc"
+
+        @default("ip")
+        def _default_ip(self):
+            return os.path.join(socket_dir, "kernel-ipc")
 
     return IPCKernelManager
 
@@ -53,15 +59,18 @@ def _kernel_manager_class():
 def run(source: str | Path, output: str | Path, parameters: dict | None = None, *, html: bool = True,
         cwd: str | Path | None = None) -> Path:
     """Execute ``source`` into ``output`` (and ``output``.html). A failing cell raises NotebookError."""
+    import tempfile
+
     import papermill as pm
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     env_kernel = os.environ.get("FEDLIB_KERNEL", KERNEL)
     try:
-        pm.execute_notebook(str(source), str(output), parameters=parameters or {}, kernel_name=env_kernel,
-                            cwd=str(cwd) if cwd else None, progress_bar=False, log_output=False,
-                            kernel_manager_class=_kernel_manager_class())
+        with tempfile.TemporaryDirectory(prefix="fedlib-kernel-") as sockets:
+            pm.execute_notebook(str(source), str(output), parameters=parameters or {}, kernel_name=env_kernel,
+                                cwd=str(cwd) if cwd else None, progress_bar=False, log_output=False,
+                                kernel_manager_class=_kernel_manager_class(sockets))
     except pm.PapermillExecutionError as e:
         raise _one_line(e, source, output, Path(cwd or ".")) from None
     if html:

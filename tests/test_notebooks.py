@@ -37,3 +37,23 @@ def test_core_notebooks_execute(tmp_path, monkeypatch):
     assert Path("results/report/test_accuracy.png").stat().st_size > 10_000
     assert Path("results/notebooks/report.html").exists()
     assert Path("models/fedavg/0/models.pt").exists() and Path("results/train/fedavgm/0/timing.json").exists()
+
+
+def test_two_notebooks_run_at_once_without_sharing_kernel_sockets(tmp_path, monkeypatch):
+    """Two studies started together used to pick the same ./kernel-ipc-N sockets and break each other."""
+    import nbformat
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fedlib.notebook import run
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 0", metadata={"tags": ["parameters"]}),
+                                         nbformat.v4.new_code_cell("import time; time.sleep(1); y = x * 2; y")])
+    nb.metadata["kernelspec"] = {"name": "fedlib", "display_name": "fedlib", "language": "python"}
+    nbformat.write(nb, tmp_path / "src.ipynb")
+    monkeypatch.chdir(tmp_path)
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda i: run("src.ipynb", f"out{i}.ipynb", {"x": i}, html=False), (3, 4)))
+    for i, out in zip((3, 4), outs):
+        last = nbformat.read(out, as_version=4).cells[-1]
+        assert last.outputs[0]["data"]["text/plain"] == str(2 * i)
+    assert not list(tmp_path.glob("kernel-ipc*"))                   # no sockets left in the working directory
