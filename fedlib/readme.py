@@ -39,7 +39,8 @@ BLOCKS: dict[str, list[tuple]] = {
                     ("results/studies/musplitfed/stragglers.md", STUDIES),
                     ("results/studies/heron/table.md", STUDIES),
                     ("results/studies/split_costs/costs.md", STUDIES)],
-    "study_lm": [("results/studies/lm/memory.md", STUDIES), ("results/studies/lm/tau_cut.md", STUDIES)],
+    "study_lm": [("results/studies/lm/methods/accuracy.md", STUDIES), ("results/studies/lm/tau_cut.md", STUDIES),
+                 ("results/studies/lm/memory.md", STUDIES)],
     "study_analysis": [("results/studies/analysis/sweeps/table.md", STUDIES)],
 }
 PATTERN = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- /generated: \2 -->)", re.S)

@@ -173,3 +173,12 @@ def test_study_runs_each_server_kind_with_its_own_steps_and_reports_every_cell(t
     md = (tmp_path / "out" / "tau_cut.md").read_text()
     assert "| block1 | 10.5 | 30.5 |" in md and "| block1 | — | — |" in md and "| block5 | 0.6100 | 0.6300 |" in md and "| block5 | 0.7100 | 0.7300 |" in md
     assert all((tmp_path / "out" / f"accuracy-{s}-{c}.png").exists() for s in ("zo", "fo") for c in ("block1", "block5"))
+
+
+def test_study_methods_run_every_label_in_the_study_regime():
+    p = config.load_params("params.yaml", {"lm.study_seeds": [0, 2], "lm.study_rounds": 9})
+    q = stage.study_methods_params(p)
+    assert (q.lm.rounds, q.lm.seeds, q.lm.train_samples) == (9, [0, 2], p.lm.study_train_samples)
+    mq, _ = stage.lm_params(q, "musplitfed_lora", 0)
+    assert (mq.train.rounds, mq.methods.musplitfed.server, mq.methods.musplitfed.eta_s) == (9, "zo", p.lm.study_mu_eta_s)
+    assert mq.methods.musplitfed.cut == p.lm.cut and (p.lm.rounds, p.lm.seeds) != (9, [0, 2])

@@ -190,6 +190,14 @@ def study_lm(p: SimpleNamespace, server: str) -> SimpleNamespace:
     return q
 
 
+def study_methods_params(p: SimpleNamespace) -> SimpleNamespace:
+    """Every lm.methods label at lm.cut in the study's regime: its data size, lm.study_rounds rounds,
+    lm.study_seeds, its evaluation interval, target and MU-SplitFed step sizes (zeroth-order server)."""
+    q = study_lm(p, "zo")
+    q.lm.rounds, q.lm.seeds = q.lm.study_rounds, q.lm.study_seeds
+    return q
+
+
 def lm_study_stage(p: SimpleNamespace, cut: str, out_dir: str | Path, ckpt_dir: str | Path, progress: bool = True) -> dict:
     """Train (or pick up) every run of ``study_runs``; each finished run is kept, a killed one resumes.
     The study trains on lm.study_train_samples sentences and evaluates every lm.study_eval_every rounds."""
