@@ -13,13 +13,11 @@ runs the second, so a README that drifts from the results fails CI.
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import sys
 from pathlib import Path
 
-# block name -> the result files it shows, in order: (path, command that builds it[, CSV columns]).
-# Markdown files are included as they are; CSV files are shown as a table of the listed columns.
+# block name -> the Markdown files it shows, in order: (path, command that builds it), included as they are.
 # A file that does not exist yet is shown as a line naming the command that builds it.
 STUDIES = "dvc repro notebooks/studies/dvc.yaml"
 BLOCKS: dict[str, list[tuple]] = {
@@ -33,9 +31,7 @@ BLOCKS: dict[str, list[tuple]] = {
     "lm": [("results/lm/accuracy.md", "dvc repro lm"), ("results/lm/memory.md", "dvc repro lm")],
     "study_fedwmsam": [("results/studies/fedwmsam/verdicts.md", STUDIES),
                        ("results/studies/fedwmsam/table1.md", STUDIES)],
-    "study_split": [("results/studies/musplitfed/tau_cut.csv", STUDIES,
-                     ("cut", "tau", "seeds_done", "reached_0.25", "rounds_to_0.25_mean", "reached_0.35",
-                      "rounds_to_target_mean", "diverged", "last100_accuracy_mean")),
+    "study_split": [("results/studies/musplitfed/tau_cut.md", STUDIES),
                     ("results/studies/musplitfed/stragglers.md", STUDIES),
                     ("results/studies/heron/table.md", STUDIES),
                     ("results/studies/split_costs/costs.md", STUDIES)],
@@ -46,30 +42,14 @@ BLOCKS: dict[str, list[tuple]] = {
 PATTERN = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- /generated: \2 -->)", re.S)
 
 
-def csv_table(path: Path, columns: tuple) -> str:
-    """The listed columns of a CSV as a Markdown table (numbers to 4 significant digits)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-
-    def cell(v: str) -> str:
-        try:
-            x = float(v)
-        except ValueError:
-            return v or "—"
-        return str(int(x)) if x.is_integer() and "." not in v else f"{x:.4g}"
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def render(name: str, root: Path) -> str:
     parts = []
-    for rel, command, *columns in BLOCKS[name]:
+    for rel, command in BLOCKS[name]:
         path = root / rel
         if not path.exists():
             parts.append(f"*`{rel}` has not been built yet: `{command}`.*\n")
             continue
-        body = csv_table(path, columns[0]) if columns else path.read_text().strip()
+        body = path.read_text().strip()
         parts.append(f"<!-- from {rel} -->\n{body}\n")
     return "\n".join(parts)
 

@@ -166,5 +166,44 @@ def test_mu_study_picks_the_best_run_that_did_not_diverge(tmp_path, monkeypatch)
                                                     "diverged_round": div}))
         (d / "metrics.csv").write_text("round,test_accuracy\n10,\n20,0.2\n30,0.41\n")
     assert mu_study.choose(p)["chosen"] == {"eta_s": 0.01, "eta_c": 0.03}
-    assert mu_study.rounds_to(tmp_path / "grid/eta_s0.01-eta_c0.03", 0.4) == 30
-    assert mu_study.rounds_to(tmp_path / "grid/eta_s0.01-eta_c0.03", 0.5) is None
+    from fedlib.stages.mu_report import rounds_to
+    assert rounds_to(tmp_path / "grid/eta_s0.01-eta_c0.03", 0.4) == 30
+    assert rounds_to(tmp_path / "grid/eta_s0.01-eta_c0.03", 0.5) is None
+
+
+def test_mu_report_counts_only_runs_finished_at_the_current_params(tmp_path, monkeypatch):
+    import json
+
+    import numpy as np
+
+    from fedlib.stages import mu_report, mu_study
+
+    for mod in (mu_study, mu_report):
+        monkeypatch.setattr(mod, "OUT", tmp_path)
+    monkeypatch.setattr(mu_report, "split_federation", lambda p: None)
+    monkeypatch.setattr(mu_report, "stragglers", lambda p, table, eta, fed: {"table": table})
+    monkeypatch.setattr(mu_report, "stragglers_markdown", lambda out, m: "")
+    monkeypatch.setattr(mu_report, "plot", lambda p, out: None)
+    p = config.validate({"mu_study": {"cuts": ["fc2"], "taus": [1, 2], "seeds": [0, 1, 2], "rounds": 40,
+                                      "eval_every": 10, "target_accuracy": 0.5}})
+    eta = {"eta_s": 0.003, "eta_c": 0.002}
+    (tmp_path / "grid.json").write_text(json.dumps({"chosen": eta}))
+    accs = {0: [0.3, 0.45, 0.55, 0.65], 1: [0.2, 0.3, 0.62, 0.7], 2: [0.1, 0.2, 0.3, 0.35]}
+    for tau in (1, 2):
+        for seed, acc in accs.items():
+            d = tmp_path / f"runs/fc2-tau{tau}-seed{seed}"
+            d.mkdir(parents=True)
+            d.joinpath("metrics.csv").write_text("round,test_accuracy\n" + "".join(
+                f"{10 * (i + 1)},{a}\n" for i, a in enumerate(acc)))
+            fp = engine.run_fingerprint(mu_study.study_params(p, "fc2", tau, seed, 40, eta), "musplitfed", seed)
+            stale = tau == 2 and seed == 1                                   # made with other params: left out
+            d.joinpath("summary.json").write_text(json.dumps({"best_accuracy": max(acc), "fingerprint":
+                                                              "old" if stale else fp}))
+    out = mu_report.report(p)
+    c1, c2 = out["table"]["fc2-tau1"], out["table"]["fc2-tau2"]
+    assert c1["rounds_to_target"] == [30, 30, None] and c1["reached"] == 2 and c1["seeds_done"] == 3
+    assert c2["rounds_to_target"] == [30, None, None] and c2["seeds_done"] == 2      # seed 1 stale, aligned by seed
+    assert c1["rounds_to_target_mean"] == 30 and c1["rounds_to_0.4_mean"] == 25 and c1["reached_0.6"] == 2
+    assert c1["last10_accuracy_mean"] == pytest.approx(np.mean([np.mean(a) for a in accs.values()]))
+    md = (tmp_path / "tau_cut.md").read_text()
+    assert "| fc2 | 1 | 3/3 | 0 | 30 ± 0 (2/3) | 25 | 35 |" in md and "| fc2 | 2 | 2/3 |" in md
