@@ -182,3 +182,14 @@ def test_study_methods_run_every_label_in_the_study_regime():
     mq, _ = stage.lm_params(q, "musplitfed_lora", 0)
     assert (mq.train.rounds, mq.methods.musplitfed.server, mq.methods.musplitfed.eta_s) == (9, "zo", p.lm.study_mu_eta_s)
     assert mq.methods.musplitfed.cut == p.lm.cut and (p.lm.rounds, p.lm.seeds) != (9, [0, 2])
+
+
+def test_a_run_held_by_a_live_process_is_not_trained_twice(tmp_path):
+    import os
+
+    p = config.load_params("params.yaml")
+    lock = tmp_path / "ckpt" / "lock"
+    lock.parent.mkdir()
+    lock.write_text(str(os.getpid()))                     # held by a live process: this one
+    assert stage.run_lm(p, "musplitfed_lora", 0, tmp_path / "out", tmp_path / "ckpt", fed=None) is None
+    assert not (tmp_path / "out").exists() and lock.exists()

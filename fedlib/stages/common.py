@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -60,3 +61,22 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 def fmt_or_dash(v, spec=".4f"):
     return "—" if v is None else format(v, spec)
+
+
+def claim(lock: Path) -> bool:
+    """Create `lock` holding this pid; False when another live process holds it (a dead owner's lock is taken)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or 0), 0)
+                return False
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                lock.unlink(missing_ok=True)
+                continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False

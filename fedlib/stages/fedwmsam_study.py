@@ -15,7 +15,6 @@ first, so every method and partition of seed 0 is complete before seed 1 starts.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,7 +22,7 @@ from types import SimpleNamespace
 from fedlib import engine, partition
 from fedlib.config import ParamsError, load_params
 from fedlib.stages.ablation import ABLATION_SWITCHES
-from fedlib.stages.common import run_dir
+from fedlib.stages.common import claim, run_dir
 
 OUT = Path("results/studies/fedwmsam")
 SCRATCH = Path("runs/studies/fedwmsam")
@@ -91,25 +90,6 @@ def run_one(p: SimpleNamespace, method: str, seed: int, out: Path, scratch: Path
     finally:
         (scratch / "lock").unlink(missing_ok=True)
     return "done"
-
-
-def claim(lock: Path) -> bool:
-    """Create `lock` holding this pid; False when another live process holds it (a dead owner's lock is taken)."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                os.kill(int(lock.read_text() or 0), 0)
-                return False
-            except (ProcessLookupError, ValueError, FileNotFoundError):
-                lock.unlink(missing_ok=True)
-                continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
-        return True
-    return False
 
 
 def study_fingerprint(p: SimpleNamespace, method: str, seed: int) -> str:

@@ -11,6 +11,7 @@ import copy
 import csv
 import hashlib
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from fedlib import engine, partition, text
 from fedlib.config import to_dict
-from fedlib.stages.common import column, fmt_or_dash, run_name
+from fedlib.stages.common import claim, column, fmt_or_dash, run_name
 
 # label -> (algorithm, LoRA adapters on every block)
 LM_METHODS = {
@@ -79,9 +80,11 @@ def lm_federation(p: SimpleNamespace) -> engine.Federation:
 
 
 def run_lm(p: SimpleNamespace, label: str, seed: int, out_dir: Path, ckpt_dir: Path, fed: engine.Federation,
-           progress: bool = True, **overrides) -> dict:
+           progress: bool = True, **overrides) -> dict | None:
     """Train one LM run unless ``out_dir`` already holds its finished result (same fingerprint):
-    long studies resume run by run, and a killed run resumes from its round checkpoint."""
+    long studies resume run by run, and a killed run resumes from its round checkpoint. A run being trained
+    holds ``ckpt_dir``/lock, so processes started on the same study share its runs; None: another live
+    process is training this one."""
     q, method = lm_params(p, label, seed, **overrides)
     # what determines an LM run: the lm section (the study's own keys aside), the algorithm's
     # hyper-parameters after the overrides, the label and the seed (train.* keys of other stages do not)
@@ -91,9 +94,21 @@ def run_lm(p: SimpleNamespace, label: str, seed: int, out_dir: Path, ckpt_dir: P
     done = out_dir / "fingerprint.txt"
     if (out_dir / "summary.json").exists() and done.exists() and done.read_text().strip() == fingerprint:
         return engine.read_summary(out_dir)        # summary.json with the wall clock of timing.json
-    summary = engine.train(q, method, seed, out_dir, fed=fed, ckpt_dir=ckpt_dir, progress=progress)
-    done.write_text(fingerprint + "\n")
+    if not claim(Path(ckpt_dir) / "lock"):
+        return None
+    try:
+        summary = engine.train(q, method, seed, out_dir, fed=fed, ckpt_dir=ckpt_dir, progress=progress)
+        done.write_text(fingerprint + "\n")
+    finally:
+        (Path(ckpt_dir) / "lock").unlink(missing_ok=True)
     return summary
+
+
+def run_or_wait(*args, poll_s: float = 20.0, **kwargs) -> dict:
+    """run_lm, waiting while another process trains the run (and taking it over if that process dies)."""
+    while (s := run_lm(*args, **kwargs)) is None:
+        time.sleep(poll_s)
+    return s
 
 
 def lm_train_stage(p: SimpleNamespace, out_dir: str | Path, ckpt_dir: str | Path, progress: bool = True) -> dict:
@@ -104,7 +119,7 @@ def lm_train_stage(p: SimpleNamespace, out_dir: str | Path, ckpt_dir: str | Path
     for label in lm.methods:
         for seed in lm.seeds:
             name = run_name(label, seed)
-            s = run_lm(p, label, seed, out_dir / "train" / name, Path(ckpt_dir) / name, fed, progress)
+            s = run_or_wait(p, label, seed, out_dir / "train" / name, Path(ckpt_dir) / name, fed, progress)
             table[name] = {"label": label, "seed": seed, **{k: s[k] for k in (
                 "final_accuracy", "best_accuracy", "rounds_to_target", "seconds_per_round", "num_params")}}
     meta = {"sequence_length": int(fed.data.input_shape[-1]), "train_samples": len(fed.data.y_train),
@@ -200,13 +215,17 @@ def study_methods_params(p: SimpleNamespace) -> SimpleNamespace:
 
 def lm_study_stage(p: SimpleNamespace, cut: str, out_dir: str | Path, ckpt_dir: str | Path, progress: bool = True) -> dict:
     """Train (or pick up) every run of ``study_runs``; each finished run is kept, a killed one resumes.
-    The study trains on lm.study_train_samples sentences and evaluates every lm.study_eval_every rounds."""
+    The study trains on lm.study_train_samples sentences and evaluates every lm.study_eval_every rounds.
+    Two processes on the same cut share it: each first trains the runs nobody holds, then waits for the rest."""
     lm, out_dir = p.lm, Path(out_dir)
     fed = lm_federation(study_lm(p, "zo"))
-    table = {}
-    for run in study_runs(p, cut):
-        s = run_lm(study_lm(p, run["server"]), lm.study_label, run["seed"], out_dir / run["name"],
-                   Path(ckpt_dir) / run["name"], fed, progress, cut=cut, tau=run["tau"], rounds=lm.study_rounds)
+    table, runs = {}, study_runs(p, cut)
+    args = lambda run: (study_lm(p, run["server"]), lm.study_label, run["seed"], out_dir / run["name"],
+                        Path(ckpt_dir) / run["name"], fed, progress)
+    kw = lambda run: {"cut": cut, "tau": run["tau"], "rounds": lm.study_rounds}
+    done = {run["name"]: run_lm(*args(run), **kw(run)) for run in runs}        # runs another process holds: None
+    for run in runs:
+        s = done[run["name"]] or run_or_wait(*args(run), **kw(run))
         table[run["name"]] = {**run, "final_accuracy": s["final_accuracy"], "best_accuracy": s["best_accuracy"],
                               "rounds_to_target": s["rounds_to_target"][f"{lm.study_target_accuracy:g}"],
                               "seconds_per_round": s["seconds_per_round"]}
