@@ -256,10 +256,11 @@ def study_report(p: SimpleNamespace, study_dir: str | Path, out_dir: str | Path)
             accuracy_figure(read_curves(study_dir / cut, {f"tau={t}": n for t, n in names.items()}),
                             out_dir / f"accuracy-{server}-{cut}.png",
                             f"{lm.study_label}, {kind[server]}, cut {cut}")
-        for key, spec, title in (("rounds_to_target", ".1f", f"rounds to {lm.study_target_accuracy:g}"),
+        seeds = f"mean over seeds {lm.study_seeds}, evaluation every {lm.study_eval_every} rounds"
+        for key, spec, title in (("rounds_to_target", "g", f"rounds to {lm.study_target_accuracy:g}"),
                                  ("final_accuracy", ".4f", f"accuracy after {lm.study_rounds} rounds"),
                                  ("best_accuracy", ".4f", "best accuracy")):
-            lines += [f"{title} ({lm.study_label}, {kind[server]}; rows: cut, columns: tau)", "",
+            lines += [f"{title} ({lm.study_label}, {kind[server]}; {seeds}; rows: cut, columns: tau)", "",
                       "| cut | " + " | ".join(f"τ={t}" for t in lm.study_taus) + " |",
                       "|---|" + "---|" * len(lm.study_taus)]
             lines += [f"| {cut} | " + " | ".join(fmt_or_dash(cell[server, cut, t][key], spec) for t in lm.study_taus)
