@@ -248,6 +248,22 @@ def test_fedwmsam_alpha_moves_toward_clipped_mean_dissimilarity(digits_fed):
     assert len(checked) == 4 and max(checked) > 0.1
 
 
+@pytest.mark.parametrize("sign,target", [(-1.0, 0.9), (1.0, 0.1)])
+def test_fedwmsam_alpha_clips_mean_dissimilarity_at_both_ends(digits_fed, sign, target):
+    """Updates opposed to Delta_bar_{r-1} (s_k = 2) pull alpha toward 0.9, aligned ones (s_k = 0) toward 0.1:
+    alpha_{r+1} = (1 - lambda) alpha_r + lambda clip(mean_k s_k, 0.1, 0.9), closed form."""
+    from fedlib.algorithms.base import ClientResult
+
+    lam, a0 = 0.4, 0.5
+    alg, x = engine.make_algorithm(params({"fedwmsam": {**NO_DIAG, "alpha0": a0, "alpha_rate": lam}}),
+                                   "fedwmsam", digits_fed, 0)
+    prev = torch.linspace(-1.0, 1.0, x.numel())
+    alg.state["prev_delta"] = prev.clone()
+    results = [ClientResult(k, sign * (1.0 + k) * prev, steps=3, n_samples=5, loss=0.0) for k in range(3)]
+    alg.server_update(x, results, RoundInfo(1, 0.1, x))
+    assert alg.state["alpha"] == pytest.approx((1 - lam) * a0 + lam * target, abs=1e-6)
+
+
 def test_fedwmsam_personalised_momentum_uses_control_variates(digits_fed):
     def observe(alg, info, results, metrics, before):
         for k in (int(results[0].k), 99 % digits_fed.num_clients):
