@@ -35,6 +35,13 @@ def load(root: Path, methods, seeds) -> dict:
     return out
 
 
+def interval_text(q: dict, unit: str = ".4f") -> str:
+    """'mean [lo, hi]' of a paired difference; the mean alone at n = 1, a dash at n = 0."""
+    if q["n"] == 0:
+        return "—"
+    return f"{q['mean']:+{unit}}" + (f" [{q['lo']:+{unit}}, {q['hi']:+{unit}}]" if q["n"] > 1 else "")
+
+
 def rounds_or_censored(summary: dict, target: float, rounds: int) -> int:
     r = summary["rounds_to_target"].get(f"{target:g}")
     return rounds + 1 if r is None else r
@@ -85,8 +92,7 @@ def report(params_path="params.yaml") -> dict:
             f = paired(data[part], "fedwmsam", b, lambda x: x["final_accuracy"])
             q["verdict"] = verdict(q["lo"], q["hi"], q["n"])
             res["paired"].setdefault(part, {})[b] = {"last10": q, "final": f}
-            lines.append(f"| {part} | {b} | {q['n']} | {q['mean']:+.4f} [{q['lo']:+.4f}, {q['hi']:+.4f}] | "
-                         f"{f['mean']:+.4f} [{f['lo']:+.4f}, {f['hi']:+.4f}] | {q['verdict']} |")
+            lines.append(f"| {part} | {b} | {q['n']} | {interval_text(q)} | {interval_text(f)} | {q['verdict']} |")
     (OUT / "paired.md").write_text("FedWMSAM minus baseline, paired by seed (same initial model, client sampling and "
                                    "batches); 95 % t-interval over seeds.\n\n" + "\n".join(lines) + "\n")
 
@@ -114,7 +120,7 @@ def claims(s, data: dict, acc) -> list[dict]:
         def add(claim, q, equivalence=False, unit=".4f", part=part):
             v = verdict(q["lo"], q["hi"], q["n"], equivalence)
             out.append({"claim": claim, "partition": part, "verdict": v, **q,
-                        "evidence": f"{q['mean']:+{unit}} [{q['lo']:+{unit}}, {q['hi']:+{unit}}], n = {q['n']}"})
+                        "evidence": f"{interval_text(q, unit)}, n = {q['n']}"})
         for b in ("mofedsam", "scaffold", "fedsam", "fedavg", "fedsmoo"):
             if b in runs:
                 add(f"FedWMSAM > {b} in last-10 accuracy", paired(runs, "fedwmsam", b, acc))
@@ -134,7 +140,8 @@ def claims(s, data: dict, acc) -> list[dict]:
             lo_r = int(np.nanargmin(mean)) + 1
             early_down, late_up = lo_r < len(mean) // 2, mean[-1] > mean.min() + 1e-3
             v = "holds" if early_down and late_up else "does not hold"
-            out.append({"claim": "early momentum, late SAM: alpha_r falls early and rises late", "partition": part,
+            out.append({"claim": "early momentum, late SAM: alpha_r (the weight of the SAM gradient) is lowest in "
+                                 "the first half of training and higher at the end", "partition": part,
                         "verdict": v + ("" if len(a) > 1 else " (n = 1)"), "n": len(a),
                         "evidence": f"alpha_0 = {mean[0]:.4f}, min {mean.min():.4f} at round {lo_r}, "
                                     f"final {mean[-1]:.4f}"})
