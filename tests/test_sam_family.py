@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fedlib import engine
-from fedlib.algorithms.base import ClientData, RoundInfo, Worker, derive_seed
+from fedlib.algorithms.base import ClientData, ClientResult, RoundInfo, Worker, derive_seed
 from fedlib.algorithms.sam import released_perturbation, sam_perturbation
 from fedlib.algorithms.scaffold import Scaffold
 from fedlib.config import ParamsError, validate
@@ -252,8 +252,6 @@ def test_fedwmsam_alpha_moves_toward_clipped_mean_dissimilarity(digits_fed):
 def test_fedwmsam_alpha_clips_mean_dissimilarity_at_both_ends(digits_fed, sign, target):
     """Updates opposed to Delta_bar_{r-1} (s_k = 2) pull alpha toward 0.9, aligned ones (s_k = 0) toward 0.1:
     alpha_{r+1} = (1 - lambda) alpha_r + lambda clip(mean_k s_k, 0.1, 0.9), closed form."""
-    from fedlib.algorithms.base import ClientResult
-
     lam, a0 = 0.4, 0.5
     alg, x = engine.make_algorithm(params({"fedwmsam": {**NO_DIAG, "alpha0": a0, "alpha_rate": lam}}),
                                    "fedwmsam", digits_fed, 0)
