@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from fedlib import config, engine, lm, text
+from fedlib import config, engine, lm, sections, text
 from fedlib.algorithms.base import ClientData, RoundInfo
 from fedlib.data import Dataset
 from fedlib.stages import lm as stage
@@ -104,8 +104,8 @@ def test_split_methods_run_a_round_on_minilm(tok, label):
 
 
 def test_labels_and_cuts_match_the_schema():
-    assert set(config.LM_LABELS) == set(stage.LM_METHODS)
-    assert config.LM_CUTS == lm.CUTS
+    assert set(sections.LM_LABELS) == set(stage.LM_METHODS)
+    assert sections.LM_CUTS == lm.CUTS
     p = config.validate({})
     for label, (method, lora) in stage.LM_METHODS.items():
         q, m = stage.lm_params(p, label, 0, cut="block1", tau=3)
