@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = ["tests/test_update_rules.py", "tests/test_sam_family.py", "tests/test_split_rules.py", "tests/test_zo.py"]
+TESTS = ["tests/test_update_rules.py", "tests/test_sam_family.py", "tests/test_sam_perturbations.py",
+         "tests/test_split_rules.py", "tests/test_split_rules_gas_fslsage.py", "tests/test_zo.py"]
 # (file, text, replacement, what the change breaks)
 MUTANTS = [
  ("fedlib/algorithms/sam.py", "mean(0).div_(-lr)", "mean(0).div_(lr)", "momentum m_{r+1} sign"),

@@ -69,6 +69,16 @@ def test_paired_interval_and_verdicts():
     assert rep.rounds_or_censored({"rounds_to_target": {"0.9": None}}, 0.9, 300) == 301
 
 
+def test_accuracy_drift_is_the_last_window_minus_the_one_before():
+    t = np.arange(300, dtype=float)
+    ramp = np.stack([0.5 + 1e-4 * t, 0.6 + 3e-4 * t])            # two seeds rising 1e-4 and 3e-4 per round
+    assert rep.accuracy_drift(ramp, 50) == pytest.approx(np.mean([50 * 1e-4, 50 * 3e-4]))
+    flat = np.full((2, 300), 0.9)
+    flat[:, -100:-50] = 0.8                                       # the window before is lower: positive drift
+    assert rep.accuracy_drift(flat, 50) == pytest.approx(0.1)
+    assert rep.accuracy_drift(ramp[:, :99], 50) is None           # fewer than two windows
+
+
 def test_bad_study_params_and_fingerprint(project):
     with pytest.raises(ParamsError, match="dirichlet-<alpha>"):
         study.partition_overrides("dirichlet0.1")

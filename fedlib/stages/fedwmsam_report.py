@@ -148,20 +148,33 @@ def claims(s, data: dict, acc) -> list[dict]:
     return out
 
 
+DRIFT_WINDOW = 50   # rounds; has a curve settled? (its mean over the last window against the window before)
+
+
+def accuracy_drift(acc: np.ndarray, w: int = DRIFT_WINDOW) -> float | None:
+    """Mean over seeds (rows) of  mean(acc over the last w rounds) - mean(acc over the w rounds before);  None
+    with fewer than 2w evaluations. Near 0: the curve has settled; positive: still rising."""
+    if acc.shape[1] < 2 * w:
+        return None
+    return float(np.nanmean(np.nanmean(acc[:, -w:], 1) - np.nanmean(acc[:, -2 * w:-w], 1)))
+
+
 def diagnostics(s, data: dict, res: dict) -> None:
+    w = DRIFT_WINDOW
     lines = [("| partition | method | curvature cos | sign-flip share, 2nd half | test-loss swing, last 10 | "
-              "final alpha |"), "|---|---|---|---|---|---|"]
+              f"final alpha | accuracy drift, last {w} − previous {w} rounds |"), "|---|---|---|---|---|---|---|"]
     fig, axes = plots.plt.subplots(3, len(s.partitions), figsize=(6.5 * len(s.partitions), 12), squeeze=False)
     for j, part in enumerate(s.partitions):
         acc, alpha, echo = {}, {}, {}
         for m, runs in data[part].items():
             summ, rows = [x[0] for x in runs.values()], [x[1] for x in runs.values()]
             d = family_summary(summ, rows)
+            x, acc[m] = column(rows, "test_accuracy")
+            d["accuracy_drift"] = accuracy_drift(acc[m], w)
             res["diagnostics"].setdefault(part, {})[m] = d
             lines.append(f"| {part} | {m} | {fmt_or_dash(d['curvature_cos'], '.3f')} | "
                          f"{fmt_or_dash(d['sign_flip_share'], '.2f')} | {d['test_loss_swing']:.4f} | "
-                         f"{fmt_or_dash(d['final_alpha'], '.4f')} |")
-            x, acc[m] = column(rows, "test_accuracy")
+                         f"{fmt_or_dash(d['final_alpha'], '.4f')} | {fmt_or_dash(d['accuracy_drift'], '+.4f')} |")
             _, e = column(rows, "update_cos_prev")
             k = min(10, e.shape[1])                                              # rolling mean over 10 rounds
             echo[m] = np.array([np.convolve(np.nan_to_num(v), np.ones(k) / k, mode="same") for v in e])
