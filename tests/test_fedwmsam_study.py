@@ -79,6 +79,13 @@ def test_accuracy_drift_is_the_last_window_minus_the_one_before():
     assert rep.accuracy_drift(ramp[:, :99], 50) is None           # fewer than two windows
 
 
+def test_rolling_mean_averages_the_finite_entries_in_the_window():
+    v = np.array([[np.nan, 1.0, 1.0, 1.0, 1.0, 5.0]])
+    got = rep.rolling_mean(v, 3)
+    assert got[0, 0] == 1.0 and got[0, 2] == 1.0                  # the missing first round and the edge: no pull to 0
+    assert got[0, 5] == pytest.approx(3.0) and got[0, 4] == pytest.approx(7 / 3)
+
+
 def test_bad_study_params_and_fingerprint(project):
     with pytest.raises(ParamsError, match="dirichlet-<alpha>"):
         study.partition_overrides("dirichlet0.1")

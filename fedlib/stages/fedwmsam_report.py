@@ -12,6 +12,7 @@ Writes to results/studies/fedwmsam/:
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,16 @@ def accuracy_drift(acc: np.ndarray, w: int = DRIFT_WINDOW) -> float | None:
     return float(np.nanmean(np.nanmean(acc[:, -w:], 1) - np.nanmean(acc[:, -2 * w:-w], 1)))
 
 
+def rolling_mean(v: np.ndarray, k: int) -> np.ndarray:
+    """Centred mean over k rounds of each row, over the finite entries inside the window (so the ends and the
+    missing first round are not pulled toward 0)."""
+    ok = np.isfinite(v)
+    win = np.ones(min(k, v.shape[1]))
+    num = np.array([np.convolve(np.where(o, r, 0.0), win, mode="same") for r, o in zip(v, ok)])
+    den = np.array([np.convolve(o.astype(float), win, mode="same") for o in ok])
+    return np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0)
+
+
 def diagnostics(s, data: dict, res: dict) -> None:
     w = DRIFT_WINDOW
     lines = [("| partition | method | curvature cos | sign-flip share, 2nd half | test-loss swing, last 10 | "
@@ -176,18 +187,26 @@ def diagnostics(s, data: dict, res: dict) -> None:
                          f"{fmt_or_dash(d['sign_flip_share'], '.2f')} | {d['test_loss_swing']:.4f} | "
                          f"{fmt_or_dash(d['final_alpha'], '.4f')} | {fmt_or_dash(d['accuracy_drift'], '+.4f')} |")
             _, e = column(rows, "update_cos_prev")
-            k = min(10, e.shape[1])                                              # rolling mean over 10 rounds
-            echo[m] = np.array([np.convolve(np.nan_to_num(v), np.ones(k) / k, mode="same") for v in e])
+            echo[m] = rolling_mean(e, 10)
             if m == "fedwmsam":
                 alpha[m] = column(rows, "alpha")[1]
         if acc:
             n = max(len(v) for v in acc.values())
             plots.curves(acc, x, "test accuracy", ax=axes[0, j], title=f"{part} (band: min..max, {n} seeds)")
             axes[0, j].set_ylim(max(0.0, min(np.nanmin(np.nanmean(v, 0)[len(x) // 10:]) for v in acc.values()) - 0.05),
-                                None)
-            plots.curves(echo, x, "cos(Δ̄_r, Δ̄_{r-1}), 10-round mean", ax=axes[1, j], title="momentum echo")
+                                1.0)
+            with warnings.catch_warnings():       # rounds with no echo in any seed (round 1) are left as gaps
+                warnings.simplefilter("ignore", RuntimeWarning)
+                plots.curves(echo, x, "cos(Δ̄_r, Δ̄_{r-1}), 10-round mean", ax=axes[1, j], title="momentum echo")
             if alpha:
                 plots.curves(alpha, x, "alpha_r", ax=axes[2, j], title="FedWMSAM alpha_r")
+            else:
+                axes[2, j].set_axis_off()
+        else:
+            for ax in axes[:, j]:
+                ax.set_axis_off()
+            axes[0, j].set_title(f"{part}: no run complete yet")
+    fig.tight_layout()
     fig.savefig(OUT / "curves.png", dpi=110, bbox_inches="tight")
     (OUT / "diagnostics.md").write_text("\n".join(lines) + "\n")
 
