@@ -43,7 +43,7 @@ def test_study_runs_skip_when_complete_and_report(project):
     study.main_ablation("params.yaml")
     assert len(list((study.OUT / "ablation").iterdir())) == 9      # 8 switch combinations + rho = 0.05
     res = rep.report("params.yaml")
-    for f in ("table1.md", "table3.md", "paired.md", "verdicts.md", "diagnostics.md", "ablation.md", "curves.png",
+    for f in ("table1.md", "table3.md", "paired.md", "verdicts.md", "claims.md", "diagnostics.md", "ablation.md", "curves.png",
               "ablation.png", "summary.json"):
         assert (study.OUT / f).exists(), f
     assert res["table1"]["fedwmsam"]["shards-2"]["n"] == 2
@@ -67,6 +67,23 @@ def test_paired_interval_and_verdicts():
     assert paired_stats.verdict(-0.004, 0.005, 3, equivalence=True) == "holds"
     assert paired_stats.verdict(0.02, 0.03, 3, equivalence=True) == "does not hold"
     assert rep.rounds_or_censored({"rounds_to_target": {"0.9": None}}, 0.9, 300) == 301
+
+
+def test_claims_grid_puts_each_verdict_in_its_partition_column_beside_the_papers_figure():
+    s = type("S", (), {"partitions": ["p1", "p2"]})
+    v = [{"key": "accuracy>fedavg", "claim": "x", "partition": "p2", "verdict": "holds", "n": 3,
+          "evidence": "+0.0100 [+0.0040, +0.0160], n = 3"},
+         {"key": "accuracy>fedsam", "claim": "x", "partition": "p1", "verdict": "cannot tell (n = 0)", "n": 0,
+          "evidence": "—, n = 0"},
+         {"key": "new-claim", "claim": "a claim the paper has no figure for", "partition": "p1",
+          "verdict": "cannot tell (n = 1)", "n": 1, "evidence": "+0.0004, n = 1"}]
+    rows = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in rep.claims_grid(s, v).splitlines()
+            if line.startswith("| ") and not line.startswith("| claim")}
+    assert rows["FedWMSAM > FedAvg, last-10 accuracy"] == ["FedWMSAM > FedAvg, last-10 accuracy", "76.6 vs 70.1 (+6.5)",
+                                                           "not run yet", "**holds**: +0.0100 [+0.0040, +0.0160] (n = 3)"]
+    assert rows["FedWMSAM > FedSAM"][2:] == ["not run yet", "not run yet"]              # n = 0 is not a verdict
+    assert rows["a claim the paper has no figure for"][1:] == ["—", "**cannot tell**: +0.0004 (n = 1)", "not run yet"]
+    assert list(rows)[:len(rep.PAPER)] == [c for c, _ in rep.PAPER.values()]          # the paper's claims first
 
 
 def test_accuracy_drift_is_the_last_window_minus_the_one_before():

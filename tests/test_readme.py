@@ -33,7 +33,7 @@ def test_missing_result_names_its_command(tmp_path):
 
 
 def test_unknown_block_is_one_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="block 'nope' is not generated; allowed: federated"):
+    with pytest.raises(ValueError, match="block 'nope' is not generated; allowed: headline, federated"):
         readme.splice("<!-- generated: nope -->\nx\n<!-- /generated: nope -->\n", tmp_path)
 
 
