@@ -8,6 +8,7 @@ import yaml
 from scipy import stats
 
 from fedlib.config import ParamsError
+from fedlib.stages import fedwmsam_claims as claims_mod
 from fedlib.stages import fedwmsam_report as rep
 from fedlib.stages import fedwmsam_study as study
 from fedlib import stats as paired_stats
@@ -53,6 +54,7 @@ def test_study_runs_skip_when_complete_and_report(project):
     assert q["n"] == 2 and q["mean"] == pytest.approx(np.mean([a[0] - a[2], a[1] - a[3]]))
     assert {v["verdict"].split(" (")[0] for v in res["verdicts"]} <= {"holds", "does not hold", "cannot tell"}
     assert res["ablation"]["none"]["personalised_momentum"] is False
+    assert set(res["ablation_effects"]) == {"PM", "MP", "AA", "all three"} and res["ablation_effects"]["PM"]["n"] == 1
 
 
 def test_paired_interval_and_verdicts():
@@ -66,7 +68,7 @@ def test_paired_interval_and_verdicts():
     assert paired_stats.verdict(*paired_stats.interval([0.01])[1:], 1).startswith("cannot tell")
     assert paired_stats.verdict(-0.004, 0.005, 3, equivalence=True) == "holds"
     assert paired_stats.verdict(0.02, 0.03, 3, equivalence=True) == "does not hold"
-    assert rep.rounds_or_censored({"rounds_to_target": {"0.9": None}}, 0.9, 300) == 301
+    assert claims_mod.rounds_or_censored({"rounds_to_target": {"0.9": None}}, 0.9, 300) == 301
 
 
 def test_claims_grid_puts_each_verdict_in_its_partition_column_beside_the_papers_figure():
@@ -77,13 +79,32 @@ def test_claims_grid_puts_each_verdict_in_its_partition_column_beside_the_papers
           "evidence": "—, n = 0"},
          {"key": "new-claim", "claim": "a claim the paper has no figure for", "partition": "p1",
           "verdict": "cannot tell (n = 1)", "n": 1, "evidence": "+0.0004, n = 1"}]
-    rows = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in rep.claims_grid(s, v).splitlines()
+    rows = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in claims_mod.claims_grid(s, v).splitlines()
             if line.startswith("| ") and not line.startswith("| claim")}
     assert rows["FedWMSAM > FedAvg, last-10 accuracy"] == ["FedWMSAM > FedAvg, last-10 accuracy", "76.6 vs 70.1 (+6.5)",
                                                            "not run yet", "**holds**: +0.0100 [+0.0040, +0.0160] (n = 3)"]
     assert rows["FedWMSAM > FedSAM"][2:] == ["not run yet", "not run yet"]              # n = 0 is not a verdict
     assert rows["a claim the paper has no figure for"][1:] == ["—", "**cannot tell**: +0.0004 (n = 1)", "not run yet"]
-    assert list(rows)[:len(rep.PAPER)] == [c for c, _ in rep.PAPER.values()]          # the paper's claims first
+    assert list(rows)[:len(claims_mod.PAPER)] == [c for c, _ in claims_mod.PAPER.values()]          # the paper's claims first
+
+
+def test_switch_effects_average_the_on_minus_off_pairs_and_pair_by_seed():
+    from fedlib.stages.ablation import ablation_variants
+
+    variants = ablation_variants(0.01, [0.01, 0.1])
+    gain = {"PM": 0.010, "MP": 0.0, "AA": 0.004}                  # additive switch effects, plus a seed offset
+    last10 = {n: {sd: 0.9 + 0.003 * sd + sum(g for k, g in gain.items() if k in n.split("+"))
+                  for sd in (0, 1, 2)} for n, hp in variants.items() if hp["rho"] == 0.01}
+    last10["PM+AA"] = {0: last10["PM+AA"][0], 1: last10["PM+AA"][1]}   # seed 2 incomplete: left out everywhere
+    e = rep.switch_effects(last10, variants, 0.01)
+    assert e["PM"]["n"] == 2 and e["PM"]["mean"] == pytest.approx(0.010) and e["MP"]["mean"] == pytest.approx(0.0)
+    assert e["AA"]["mean"] == pytest.approx(0.004) and e["all three"]["mean"] == pytest.approx(0.014)
+    last10["PM"][1] += 0.004                                       # one pair of one seed moves: 1/4 of it shows
+    e = rep.switch_effects(last10, variants, 0.01)
+    d = [0.010, 0.011]
+    assert (e["PM"]["mean"], e["PM"]["lo"], e["PM"]["hi"]) == pytest.approx(paired_stats.interval(d))
+    assert e["PM"]["verdict"] == paired_stats.verdict(*paired_stats.interval(d)[1:], 2)
+    assert rep.switch_effects({}, variants, 0.01)["AA"]["verdict"] == "cannot tell (n = 0)"
 
 
 def test_accuracy_drift_is_the_last_window_minus_the_one_before():

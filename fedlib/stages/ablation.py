@@ -4,7 +4,6 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 from fedlib import engine, plots
 from fedlib.config import load_params
@@ -14,15 +13,14 @@ from fedlib.stages.federated import family_summary
 ABLATION_SWITCHES = {"personalised_momentum": "PM", "momentum_perturbation": "MP", "adaptive_alpha": "AA"}
 
 
-def ablation_variants(p: SimpleNamespace) -> dict[str, dict]:
-    """name -> methods.fedwmsam overrides: the 8 combinations of the three switches at methods.fedwmsam.rho
-    ("none" is FedCM), then every other rho of ablation.rhos with all switches on."""
-    rho = p.methods.fedwmsam.rho
+def ablation_variants(rho: float, rhos) -> dict[str, dict]:
+    """name -> methods.fedwmsam overrides: the 8 combinations of the three switches at ``rho`` ("none" is FedCM),
+    then every other rho of ``rhos`` with all switches on."""
     variants = {}
     for bits in itertools.product((False, True), repeat=len(ABLATION_SWITCHES)):
         name = "+".join(short for short, on in zip(ABLATION_SWITCHES.values(), bits) if on) or "none"
         variants[name] = {**dict(zip(ABLATION_SWITCHES, bits)), "rho": rho}
-    for r in p.ablation.rhos:
+    for r in rhos:
         if r != rho:
             variants[f"rho={r:g}"] = {**dict.fromkeys(ABLATION_SWITCHES, True), "rho": r}
     return variants
@@ -38,7 +36,7 @@ def ablation_stage(params_path: str | Path, partition_path: str | Path, out_dir:
     fed = load_federation(p, partition_path)
     base = {"train.rounds": a.rounds, "train.snapshot_rounds": []}
     table, curves = {}, {}
-    for name, hp in ablation_variants(p).items():
+    for name, hp in ablation_variants(p.methods.fedwmsam.rho, p.ablation.rhos).items():
         q = load_params(params_path, {**base, **{f"methods.fedwmsam.{k}": v for k, v in hp.items()}})
         runs, rows = [], []
         for seed in a.seeds:

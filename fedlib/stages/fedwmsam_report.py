@@ -7,8 +7,9 @@ Writes to results/studies/fedwmsam/:
   verdicts.md        one line per claim of the paper: holds / does not hold / cannot tell
   claims.md          the same verdicts as a grid, claim x partition, beside the paper's own figures (README headline)
   diagnostics.md     the family's failure-mode diagnostics over the long run (federated.family_summary)
-  ablation.md        switch combinations and rho at the ablation partition
-  accuracy.png, alpha.png, echo.png, ablation.png;  summary.json (everything above as data)
+  ablation.md        switch combinations and rho at the ablation partition, and each switch's paired effect
+  curves.png         accuracy, momentum echo and alpha_r per round (band: min..max over seeds), per partition
+  ablation.png;  summary.json (everything above as data)
 """
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ import numpy as np
 
 from fedlib import engine, plots
 from fedlib.config import load_params
-from fedlib.stages.ablation import ABLATION_SWITCHES
+from fedlib.stages.ablation import ABLATION_SWITCHES, ablation_variants
 from fedlib.stages.common import column, fmt_or_dash, run_dir
 from fedlib.stages.federated import family_summary
-from fedlib.stages.fedwmsam_study import OUT, ablation_variants
-from fedlib.stats import EQUIV, paired, verdict
+from fedlib.stages.fedwmsam_study import OUT
+from fedlib.stages.fedwmsam_claims import claims, claims_grid, interval_text
+from fedlib.stats import interval, paired, verdict
 
 def load(root: Path, methods, seeds) -> dict:
     """{method: {seed: (summary, rows)}} for the complete runs under root."""
@@ -35,18 +37,6 @@ def load(root: Path, methods, seeds) -> dict:
             if (d / "summary.json").exists():
                 out.setdefault(m, {})[s] = (engine.read_summary(d), engine._read_csv(d / "metrics.csv"))
     return out
-
-
-def interval_text(q: dict, unit: str = ".4f") -> str:
-    """'mean [lo, hi]' of a paired difference; the mean alone at n = 1, a dash at n = 0."""
-    if q["n"] == 0:
-        return "—"
-    return f"{q['mean']:+{unit}}" + (f" [{q['lo']:+{unit}}, {q['hi']:+{unit}}]" if q["n"] > 1 else "")
-
-
-def rounds_or_censored(summary: dict, target: float, rounds: int) -> int:
-    r = summary["rounds_to_target"].get(f"{target:g}")
-    return rounds + 1 if r is None else r
 
 
 def report(params_path="params.yaml") -> dict:
@@ -103,7 +93,7 @@ def report(params_path="params.yaml") -> dict:
                                                f"{c['evidence']}" for c in res["verdicts"]) + "\n")
     (OUT / "claims.md").write_text(claims_grid(s, res["verdicts"]))
     diagnostics(s, data, res)
-    res["ablation"] = ablation(s)
+    res["ablation"], res["ablation_effects"] = ablation(s)
     for part in s.partitions:
         for m, runs in data[part].items():
             res["wall"].setdefault(part, {})[m] = {
@@ -112,78 +102,6 @@ def report(params_path="params.yaml") -> dict:
     res["wall_total_hours"] = sum(v["total_s"] for p in res["wall"].values() for v in p.values()) / 3600
     (OUT / "summary.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
     return res
-
-
-def claims(s, data: dict, acc) -> list[dict]:
-    """The paper's claims (SPEC section 2), each judged per partition from the paired differences."""
-    out = []
-    for part, target in zip(s.partitions, s.table3_targets):
-        runs = data[part]
-
-        def add(key, claim, q, equivalence=False, unit=".4f", part=part):
-            v = verdict(q["lo"], q["hi"], q["n"], equivalence)
-            out.append({"key": key, "claim": claim, "partition": part, "verdict": v, **q,
-                        "evidence": f"{interval_text(q, unit)}, n = {q['n']}"})
-        for b in s.methods:
-            if b != "fedwmsam" and b in runs:
-                add(f"accuracy>{b}", f"FedWMSAM > {b} in last-10 accuracy", paired(runs, "fedwmsam", b, acc))
-        rnd = lambda x, target=target: rounds_or_censored(x, target, s.rounds)
-        for b in ("fedavg", "fedsam", "mofedsam"):
-            if b in runs:
-                add(f"rounds<{b}", f"FedWMSAM reaches {target:g} in fewer rounds than {b} (rounds saved)",
-                    paired(runs, b, "fedwmsam", rnd), unit=".1f")
-        if "scaffold" in runs:
-            add("scaffold>fedavg", "SCAFFOLD > FedAvg in last-10 accuracy", paired(runs, "scaffold", "fedavg", acc))
-        if "fedsam" in runs:
-            add("fedavg~fedsam", f"FedAvg ≈ FedSAM (last-10 difference within ±{EQUIV:g})",
-                paired(runs, "fedsam", "fedavg", acc), equivalence=True)
-        if "fedwmsam" in runs:
-            _, a = column([x[1] for x in runs["fedwmsam"].values()], "alpha")
-            mean = np.nanmean(a, 0)
-            lo_r = int(np.nanargmin(mean)) + 1
-            early_down, late_up = lo_r < len(mean) // 2, mean[-1] > mean.min() + 1e-3
-            v = "holds" if early_down and late_up else "does not hold"
-            out.append({"key": "alpha", "claim": "early momentum, late SAM: alpha_r (the weight of the SAM gradient) is lowest in "
-                                 "the first half of training and higher at the end", "partition": part,
-                        "verdict": v + ("" if len(a) > 1 else " (n = 1)"), "n": len(a),
-                        "evidence": f"alpha_0 = {mean[0]:.4f}, min {mean.min():.4f} at round {lo_r}, "
-                                    f"final {mean[-1]:.4f}"})
-    return out
-
-
-# The paper's own figures for each claim (SPEC section 2: CIFAR-10, ResNet-18-GN, Dirichlet 0.1, 500 rounds)
-PAPER = {"accuracy>fedavg": ("FedWMSAM > FedAvg, last-10 accuracy", "76.6 vs 70.1 (+6.5)"),
-         "accuracy>fedsam": ("FedWMSAM > FedSAM", "76.6 vs 69.6 (+7.0)"),
-         "accuracy>mofedsam": ("FedWMSAM > MoFedSAM", "76.6 vs 73.9 (+2.7)"),
-         "accuracy>scaffold": ("FedWMSAM > SCAFFOLD", "76.6 vs 74.3 (+2.3)"),
-         "accuracy>fedavgm": ("FedWMSAM > FedAvgM", "no figure given"),
-         "accuracy>fedcm": ("FedWMSAM > FedCM (FedWMSAM with its switches off)", "no figure given"),
-         "accuracy>fedgamma": ("FedWMSAM > FedGAMMA", "no figure given"),
-         "accuracy>fedlesam": ("FedWMSAM > FedLESAM", "no figure given"),
-         "accuracy>fedsmoo": ("FedWMSAM > FedSMOO", "no figure given"),
-         "rounds<fedavg": ("FedWMSAM needs fewer rounds to the target than FedAvg (rounds saved)", "97 vs 254 to 70 %"),
-         "rounds<fedsam": ("… than FedSAM", "97 vs 247"),
-         "rounds<mofedsam": ("… than MoFedSAM", "97 vs 97 (equal)"),
-         "scaffold>fedavg": ("SCAFFOLD > FedAvg", "74.3 vs 70.1 (+4.2)"),
-         "fedavg~fedsam": (f"FedAvg ≈ FedSAM (within ±{EQUIV:g})", "70.1 vs 69.6"),
-         "alpha": ("early momentum, late SAM (α_r low early, higher at the end)", "described, no figure")}
-
-
-def claims_grid(s, verdicts: list[dict]) -> str:
-    """Claim x partition: the verdict with its evidence (mean difference [95 % interval]) beside the paper's
-    figure; 'not run yet' where a partition has no run of the methods involved."""
-    cell = {(v["key"], v["partition"]): v for v in verdicts}
-    rows = {**PAPER, **{v["key"]: (v["claim"], "—") for v in verdicts if v["key"] not in PAPER}}
-    lines = ["| claim | paper (CIFAR-10) | " + " | ".join(s.partitions) + " |", "|---|---|" + "---|" * len(s.partitions)]
-    for key, (claim, paper) in rows.items():
-        cells = []
-        for part in s.partitions:
-            v = cell.get((key, part))
-            cells.append("not run yet" if v is None or v["n"] == 0 else f"**{v['verdict'].split(' (')[0]}**: "
-                         f"{v['evidence'].rsplit(', n =', 1)[0]} (n = {v['n']})")
-        lines.append(f"| {claim} | {paper} | " + " | ".join(cells) + " |")
-    return ("Verdicts of the long study (mean difference over seeds with its 95 % t-interval; accuracy as a fraction, "
-            "rounds to the partition's Table-3 target) beside the paper's figures.\n\n" + "\n".join(lines) + "\n")
 
 
 DRIFT_WINDOW = 50   # rounds; has a curve settled? (its mean over the last window against the window before)
@@ -229,7 +147,7 @@ def diagnostics(s, data: dict, res: dict) -> None:
                 alpha[m] = column(rows, "alpha")[1]
         if acc:
             n = max(len(v) for v in acc.values())
-            plots.curves(acc, x, "test accuracy", ax=axes[0, j], title=f"{part} (band: min..max, {n} seeds)")
+            plots.curves(acc, x, "test accuracy", ax=axes[0, j], title=f"{part} (band: min..max, {n} seed{'s' * (n != 1)})")
             axes[0, j].set_ylim(max(0.0, min(np.nanmin(np.nanmean(v, 0)[len(x) // 10:]) for v in acc.values()) - 0.05),
                                 1.0)
             with warnings.catch_warnings():       # rounds with no echo in any seed (round 1) are left as gaps
@@ -248,8 +166,8 @@ def diagnostics(s, data: dict, res: dict) -> None:
     (OUT / "diagnostics.md").write_text("\n".join(lines) + "\n")
 
 
-def ablation(s) -> dict:
-    variants = ablation_variants(s)
+def ablation(s) -> tuple[dict, dict]:
+    variants = ablation_variants(s.rho, s.ablation_rhos)
     table, curves = {}, {}
     for name, hp in variants.items():
         runs = load(OUT / "ablation" / name, ["fedwmsam"], s.ablation_seeds).get("fedwmsam", {})
@@ -257,7 +175,8 @@ def ablation(s) -> dict:
             continue
         summ, rows = [x[0] for x in runs.values()], [x[1] for x in runs.values()]
         l10 = [x["last10_accuracy"] for x in summ]
-        table[name] = {**hp, "n": len(l10), "last10_std": float(np.std(l10)), **family_summary(summ, rows)}
+        table[name] = {**hp, "n": len(l10), "last10_std": float(np.std(l10)), **family_summary(summ, rows),
+                       "last10_by_seed": {seed: x[0]["last10_accuracy"] for seed, x in runs.items()}}
         curves[name] = column(rows, "test_accuracy")
     lines = ["| variant | " + " | ".join(ABLATION_SWITCHES.values()) + " | rho | n | final acc | last-10 acc ± std | "
              "sign flips | loss swing | curv. cos |", "|---|" + "---|" * (len(ABLATION_SWITCHES) + 7)]
@@ -266,6 +185,11 @@ def ablation(s) -> dict:
                      f" | {t['rho']:g} | {t['n']} | {t['final_accuracy']:.4f} | {t['last10_accuracy']:.4f} ± "
                      f"{t['last10_std']:.4f} | {fmt_or_dash(t['sign_flip_share'], '.2f')} | "
                      f"{t['test_loss_swing']:.4f} | {fmt_or_dash(t['curvature_cos'], '.3f')} |")
+    effects = switch_effects({n: t["last10_by_seed"] for n, t in table.items()}, variants, s.rho)
+    lines += ["", "Effect of each switch on last-10 accuracy (on − off, averaged over the 4 pairs of combinations that "
+              "differ only in it, then over the seeds where all 8 are complete; 95 % t-interval; holds = it helps):",
+              "", "| switch | n | effect | verdict |", "|---|---|---|---|"]
+    lines += [f"| {k} | {e['n']} | {interval_text(e)} | {e['verdict']} |" for k, e in effects.items()]
     (OUT / "ablation.md").write_text(f"FedWMSAM at {s.ablation_partition}; PM personalised momentum, MP "
                                      f"momentum-guided perturbation, AA adaptive alpha; 'none' is FedCM.\n\n"
                                      + "\n".join(lines) + "\n")
@@ -273,7 +197,24 @@ def ablation(s) -> dict:
         x = next(iter(curves.values()))[0]
         plots.curves({n: c[1] for n, c in curves.items()}, x, "test accuracy", OUT / "ablation.png",
                      title=f"FedWMSAM ablation at {s.ablation_partition}")
-    return table
+    return table, effects
+
+
+def switch_effects(last10: dict[str, dict], variants: dict[str, dict], rho: float) -> dict[str, dict]:
+    """{switch short name, and 'all three' (PM+MP+AA − none): paired effect}. Per seed, a switch's effect is the mean
+    of (on − off) last-10 accuracy over the pairs of switch combinations at ``rho`` that differ only in it; then
+    mean and 95 % t-interval over the seeds that every combination has."""
+    combo = {tuple(hp[k] for k in ABLATION_SWITCHES): n for n, hp in variants.items() if hp["rho"] == rho}
+    have = [set(last10.get(n, {})) for n in combo.values()]
+    seeds = sorted(set.intersection(*have)) if have else []
+    pairs = {short: [(combo[b], combo[b[:i] + (False,) + b[i + 1:]]) for b in combo if b[i]]
+             for i, short in enumerate(ABLATION_SWITCHES.values())}
+    pairs["all three"] = [(combo[(True,) * len(ABLATION_SWITCHES)], combo[(False,) * len(ABLATION_SWITCHES)])]
+    out = {}
+    for k, ps in pairs.items():
+        mean, lo, hi = interval([np.mean([last10[on][sd] - last10[off][sd] for on, off in ps]) for sd in seeds])
+        out[k] = {"n": len(seeds), "mean": mean, "lo": lo, "hi": hi, "verdict": verdict(lo, hi, len(seeds))}
+    return out
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 from fedlib import engine, partition
 from fedlib.config import ParamsError, load_params
-from fedlib.stages.ablation import ABLATION_SWITCHES
+from fedlib.stages.ablation import ablation_variants
 from fedlib.stages.common import claim, run_dir
 
 OUT = Path("results/studies/fedwmsam")
@@ -129,28 +129,13 @@ def main_runs(params_path="params.yaml", seeds=None, progress=False, partitions=
                 print(f"{how} {part}/{m}/{seed}", flush=True)
 
 
-def ablation_variants(s: SimpleNamespace) -> dict[str, dict]:
-    """name -> methods.fedwmsam overrides: 8 switch combinations at study rho ('none' is FedCM at alpha_0),
-    then each other rho of ablation_rhos with every switch on."""
-    import itertools
-
-    out = {}
-    for bits in itertools.product((False, True), repeat=len(ABLATION_SWITCHES)):
-        name = "+".join(short for short, on in zip(ABLATION_SWITCHES.values(), bits) if on) or "none"
-        out[name] = {**dict(zip(ABLATION_SWITCHES, bits)), "rho": s.rho}
-    for r in s.ablation_rhos:
-        if r != s.rho:
-            out[f"rho={r:g}"] = {**dict.fromkeys(ABLATION_SWITCHES, True), "rho": r}
-    return out
-
-
 def main_ablation(params_path="params.yaml", seeds=None, progress=False, partitions=None, workers=None,
                   methods=None) -> None:
     s = load_params(params_path).study_fedwmsam
     cache: dict = {}
     extra = {} if workers is None else {"train.workers": workers}
     for seed in seeds if seeds is not None else s.ablation_seeds:
-        for name, hp in ablation_variants(s).items():
+        for name, hp in ablation_variants(s.rho, s.ablation_rhos).items():
             p = study_params(params_path, "fedwmsam", s.ablation_partition,
                              {**extra, **{f"methods.fedwmsam.{k}": v for k, v in hp.items()}})
             how = run_one(p, "fedwmsam", seed, run_dir(OUT / "ablation" / name, "fedwmsam", seed),
