@@ -88,6 +88,20 @@ def test_claims_grid_puts_each_verdict_in_its_partition_column_beside_the_papers
     assert list(rows)[:len(claims_mod.PAPER)] == [c for c, _ in claims_mod.PAPER.values()]          # the paper's claims first
 
 
+def test_echo_claim_pairs_the_late_test_loss_swing_by_seed():
+    def run(seed, swing, alpha=""):                 # test loss 1.0 with one spike of `swing` inside the last 10 rounds
+        rows = [{"round": r, "test_loss": 1.0 + (swing if r == 25 else 0.0), "alpha": alpha} for r in range(1, 31)]
+        rows[0]["test_loss"] = ""                    # a round without evaluation is skipped
+        summ = {"last10_accuracy": 0.9, "final_accuracy": 0.9, "rounds_to_target": {"0.9": 10}}
+        return summ, rows
+    assert claims_mod.loss_swing(run(0, 0.05)[1]) == pytest.approx(0.05)
+    assert claims_mod.loss_swing(run(0, 0.05)[1], window=5) == 0.0   # the spike is 6th from the end
+    data = {"p": {"fedcm": {0: run(0, 0.05), 1: run(1, 0.04)}, "fedwmsam": {0: run(0, 0.01, 0.2), 1: run(1, 0.02, 0.2)}}}
+    s = type("S", (), {"partitions": ["p"], "table3_targets": [0.9], "methods": ["fedcm", "fedwmsam"], "rounds": 30})
+    echo = next(c for c in claims_mod.claims(s, data, lambda x: x["last10_accuracy"]) if c["key"] == "echo<fedcm")
+    assert echo["n"] == 2 and echo["mean"] == pytest.approx(0.03)   # FedCM - FedWMSAM: positive = damped
+
+
 def test_switch_effects_average_the_on_minus_off_pairs_and_pair_by_seed():
     from fedlib.stages.ablation import ablation_variants
 
