@@ -98,8 +98,10 @@ def test_echo_claim_pairs_the_late_test_loss_swing_by_seed():
     assert claims_mod.loss_swing(run(0, 0.05)[1], window=5) == 0.0   # the spike is 6th from the end
     data = {"p": {"fedcm": {0: run(0, 0.05), 1: run(1, 0.04)}, "fedwmsam": {0: run(0, 0.01, 0.2), 1: run(1, 0.02, 0.2)}}}
     s = type("S", (), {"partitions": ["p"], "table3_targets": [0.9], "methods": ["fedcm", "fedwmsam"], "rounds": 30})
-    echo = next(c for c in claims_mod.claims(s, data, lambda x: x["last10_accuracy"]) if c["key"] == "echo<fedcm")
-    assert echo["n"] == 2 and echo["mean"] == pytest.approx(0.03)   # FedCM - FedWMSAM: positive = damped
+    got = {c["key"]: c for c in claims_mod.claims(s, data, lambda x: x["last10_accuracy"])}
+    assert got["echo<fedcm"]["n"] == 2 and got["echo<fedcm"]["mean"] == pytest.approx(0.03)   # FedCM - FedWMSAM > 0
+    assert got["alpha>0.5"]["mean"] == pytest.approx(-0.3) and got["alpha>0.5"]["verdict"] == "does not hold"
+    assert got["alpha"]["verdict"] == "does not hold"                # a flat alpha_r never rises
 
 
 def test_switch_effects_average_the_on_minus_off_pairs_and_pair_by_seed():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedlib.stages.common import column
-from fedlib.stats import EQUIV, paired, verdict
+from fedlib.stats import EQUIV, interval, paired, verdict
 
 
 def interval_text(q: dict, unit: str = ".4f") -> str:
@@ -72,6 +72,9 @@ def claims(s, data: dict, acc) -> list[dict]:
                         "verdict": v + ("" if len(a) > 1 else " (n = 1)"), "n": len(a),
                         "evidence": f"alpha_0 = {mean[0]:.4f}, min {mean.min():.4f} at round {lo_r}, "
                                     f"final {mean[-1]:.4f}"})
+            final = [row[~np.isnan(row)][-1] - 0.5 for row in a]      # per seed: final alpha_r - 0.5
+            q = dict(zip(("mean", "lo", "hi"), interval(final)), n=len(final))
+            add("alpha>0.5", "late SAM dominates: the final alpha_r exceeds 0.5 (final alpha_r - 0.5)", q)
     return out
 
 
@@ -93,7 +96,10 @@ PAPER = {"accuracy>fedavg": ("FedWMSAM > FedAvg, last-10 accuracy", "76.6 vs 70.
          "echo<mofedsam": ("… smaller late swing than MoFedSAM", "claimed, no figure"),
          "scaffold>fedavg": ("SCAFFOLD > FedAvg", "74.3 vs 70.1 (+4.2)"),
          "fedavg~fedsam": (f"FedAvg ≈ FedSAM (within ±{EQUIV:g})", "70.1 vs 69.6"),
-         "alpha": ("early momentum, late SAM (α_r low early, higher at the end)", "described, no figure")}
+         "alpha": ("early momentum, late SAM: α_r rises (it starts at α_0 = 0.1, which is also its floor)",
+                   "described, no figure"),
+         "alpha>0.5": ("… and the SAM gradient's weight passes the momentum's: final α_r − 0.5 > 0",
+                       "described, no figure")}
 
 
 def claims_grid(s, verdicts: list[dict]) -> str:
