@@ -3,6 +3,8 @@
 Each claim is a paired difference over seeds (same initial model, client sampling and batches) with a 95 %
 t-interval (fedlib/stats.py): holds when the interval lies above 0, does not hold when below, cannot tell when it
 contains 0 or there are fewer than two seeds; "FedAvg ≈ FedSAM" holds when the interval lies inside ±EQUIV.
+The α_r claims are about FedWMSAM alone: whether α_r rises (a rule on the mean curve) and whether its final value
+exceeds 0.5 (a one-sample interval of final α_r − 0.5 over seeds).
 """
 from __future__ import annotations
 
