@@ -22,12 +22,13 @@ def interval(d: list[float]) -> tuple[float, float, float]:
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
-def verdict(lo: float, hi: float, n: int, equivalence: bool = False) -> str:
+def verdict(lo: float, hi: float, n: int, equivalence: bool = False, margin: float = EQUIV) -> str:
+    """Equivalence ("A ≈ B") within ±margin: the 95 % interval inside the band (two one-sided tests at 2.5 %)."""
     if n < 2 or np.isnan(lo):
         return f"cannot tell (n = {n})"
     if equivalence:
-        return "holds" if -EQUIV <= lo and hi <= EQUIV else ("does not hold" if lo > EQUIV or hi < -EQUIV
-                                                             else f"cannot tell (n = {n})")
+        return "holds" if -margin <= lo and hi <= margin else ("does not hold" if lo > margin or hi < -margin
+                                                               else f"cannot tell (n = {n})")
     return "holds" if lo > 0 else ("does not hold" if hi < 0 else f"cannot tell (n = {n})")
 
 

@@ -81,27 +81,51 @@ def test_claims_grid_puts_each_verdict_in_its_partition_column_beside_the_papers
           "verdict": "cannot tell (n = 1)", "n": 1, "evidence": "+0.0004, n = 1"}]
     rows = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in claims_mod.claims_grid(s, v).splitlines()
             if line.startswith("| ") and not line.startswith("| claim")}
-    assert rows["FedWMSAM > FedAvg, last-10 accuracy"] == ["FedWMSAM > FedAvg, last-10 accuracy", "76.6 vs 70.1 (+6.5)",
-                                                           "not run yet", "**holds**: +0.0100 [+0.0040, +0.0160] (n = 3)"]
+    label = claims_mod.PAPER["accuracy>fedavg"][0]
+    assert rows[label] == [label, "76.6 vs 70.1 (+6.5)", "not run yet", "**holds**: +0.0100 [+0.0040, +0.0160] (n = 3)"]
     assert rows["FedWMSAM > FedSAM"][2:] == ["not run yet", "not run yet"]              # n = 0 is not a verdict
-    assert rows["a claim the paper has no figure for"][1:] == ["—", "**cannot tell**: +0.0004 (n = 1)", "not run yet"]
+    assert rows["a claim the paper has no figure for"][1:] == ["—", "observed: +0.0004 (n = 1)", "not run yet"]
     assert list(rows)[:len(claims_mod.PAPER)] == [c for c, _ in claims_mod.PAPER.values()]          # the paper's claims first
 
 
 def test_echo_claim_pairs_the_late_test_loss_swing_by_seed():
-    def run(seed, swing, alpha=""):                 # test loss 1.0 with one spike of `swing` inside the last 10 rounds
-        rows = [{"round": r, "test_loss": 1.0 + (swing if r == 25 else 0.0), "alpha": alpha} for r in range(1, 31)]
+    def run(seed, swing, alpha=None):   # test loss 1.0 with one spike of `swing` in the last 10 rounds; alpha 0.1 -> alpha
+        rows = [{"round": r, "test_loss": 1.0 + (swing if r == 25 else 0.0),
+                 "alpha": "" if alpha is None else 0.1 + (alpha - 0.1) * (r - 1) / 29} for r in range(1, 31)]
         rows[0]["test_loss"] = ""                    # a round without evaluation is skipped
         summ = {"last10_accuracy": 0.9, "final_accuracy": 0.9, "rounds_to_target": {"0.9": 10}}
         return summ, rows
     assert claims_mod.loss_swing(run(0, 0.05)[1]) == pytest.approx(0.05)
     assert claims_mod.loss_swing(run(0, 0.05)[1], window=5) == 0.0   # the spike is 6th from the end
-    data = {"p": {"fedcm": {0: run(0, 0.05), 1: run(1, 0.04)}, "fedwmsam": {0: run(0, 0.01, 0.2), 1: run(1, 0.02, 0.2)}}}
+    data = {"p": {"fedcm": {0: run(0, 0.05), 1: run(1, 0.04)}, "fedwmsam": {0: run(0, 0.01, 0.2), 1: run(1, 0.02, 0.21)}}}
     s = type("S", (), {"partitions": ["p"], "table3_targets": [0.9], "methods": ["fedcm", "fedwmsam"], "rounds": 30})
     got = {c["key"]: c for c in claims_mod.claims(s, data, lambda x: x["last10_accuracy"])}
     assert got["echo<fedcm"]["n"] == 2 and got["echo<fedcm"]["mean"] == pytest.approx(0.03)   # FedCM - FedWMSAM > 0
-    assert got["alpha>0.5"]["mean"] == pytest.approx(-0.3) and got["alpha>0.5"]["verdict"] == "does not hold"
-    assert got["alpha"]["verdict"] == "does not hold"                # a flat alpha_r never rises
+    assert got["alpha"]["mean"] == pytest.approx(0.105) and got["alpha"]["verdict"] == "holds"   # rises 0.10, 0.11
+    assert got["alpha>0.5"]["mean"] == pytest.approx(-0.295) and got["alpha>0.5"]["verdict"] == "does not hold"
+
+
+def test_rounds_claims_censor_never_reached_runs_refuse_zero_spread_and_level_uses_its_band(monkeypatch):
+    def run(rounds_to_095, last10=0.97):
+        return {"last10_accuracy": last10, "final_accuracy": last10, "rounds_to_target": {"0.95": rounds_to_095}}, []
+    s = type("S", (), {"partitions": ["p"], "table3_targets": [0.95], "methods": ["fedavg", "fedsam"], "rounds": 300})
+    data = {"p": {"fedavg": {0: run(60), 1: run(None), 2: run(70)}, "fedwmsam": {0: run(50), 1: run(80), 2: run(60)},
+                  "fedsam": {0: run(60, 0.9718), 1: run(60, 0.9722), 2: run(60, 0.972)}}}
+    monkeypatch.setattr(claims_mod, "loss_swing", lambda rows: 0.0)     # rows are not needed for these claims
+    got = {c["key"]: c for c in claims_mod.claims(s, data, lambda x: x["last10_accuracy"])}
+    saved = got["rounds<fedavg"]                          # FedAvg seed 1 never reached 0.95: counted as 301
+    assert saved["mean"] == pytest.approx(np.mean([10, 221, 10])) and "1 of 6 runs never reached it" in saved["evidence"]
+    assert got["rounds<fedsam"]["verdict"] == "cannot tell (n = 3)"
+    data["p"]["fedwmsam"] = {sd: run(55) for sd in (0, 1, 2)}
+    got = {c["key"]: c for c in claims_mod.claims(s, data, lambda x: x["last10_accuracy"]) if c["key"] == "rounds<fedsam"}
+    assert got["rounds<fedsam"]["verdict"] == "cannot tell (no spread; n = 3)"     # 5, 5, 5: a zero-width interval
+    level = [c for c in claims_mod.claims(s, data, lambda x: x["last10_accuracy"]) if c["key"] == "fedavg~fedsam"][0]
+    assert level["mean"] == pytest.approx(0.002) and level["verdict"] == "holds"    # inside ±LEVEL = 0.003
+    data["p"]["fedsam"] = {sd: run(60, 0.975 + 0.0002 * (sd - 1)) for sd in (0, 1, 2)}   # 0.005 apart: not level
+    level = [c for c in claims_mod.claims(s, data, lambda x: x["last10_accuracy"]) if c["key"] == "fedavg~fedsam"][0]
+    assert level["verdict"] == "does not hold"                                       # (±0.01 would call it level)
+    with pytest.raises(KeyError, match="table3_targets: 0.9 is not one of"):
+        claims_mod.rounds_or_censored(run(60)[0], 0.9, 300)
 
 
 def test_switch_effects_average_the_on_minus_off_pairs_and_pair_by_seed():
