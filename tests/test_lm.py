@@ -184,6 +184,17 @@ def test_study_methods_run_every_label_in_the_study_regime():
     assert mq.methods.musplitfed.cut == p.lm.cut and (p.lm.rounds, p.lm.seeds) != (9, [0, 2])
 
 
+def test_a_study_run_keeps_its_fingerprint_when_the_default_run_changes_what_the_study_overrides():
+    def fp(over, label="musplitfed_lora"):
+        p = config.load_params("params.yaml", over)
+        q, method = stage.lm_params(stage.study_lm(p, "zo"), label, 0, cut="block3", tau=2, rounds=p.lm.study_rounds)
+        return stage.lm_fingerprint(stage.study_lm(p, "zo"), q, method, label, 0)
+    base = fp({})
+    assert fp({"lm.rounds": 3, "lm.tau": 5, "lm.cut": "block5"}) == base       # the study overrides all three
+    assert fp({"lm.lr_lora": 0.5}) != base and fp({"lm.study_rounds": 11}) != base   # these reach the run
+    assert fp({"lm.zo_mu": 0.01}) != base and fp({}, "heron_lora") != base
+
+
 def test_a_run_held_by_a_live_process_is_not_trained_twice(tmp_path):
     import os
 

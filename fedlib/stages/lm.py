@@ -79,6 +79,21 @@ def lm_federation(p: SimpleNamespace) -> engine.Federation:
     return engine.federate(data, parts)
 
 
+# lm keys a run does not read as they stand: the study's own keys, the lists of runs, and the three a study
+# overrides per run (rounds, tau, cut), whose effective values enter the fingerprint through q instead
+NOT_RUN_KEYS = ("methods", "seeds", "rounds", "tau", "cut")
+
+
+def lm_fingerprint(p: SimpleNamespace, q: SimpleNamespace, method: str, label: str, seed: int) -> str:
+    """What determines an LM run: the lm section (less NOT_RUN_KEYS and study_*), the algorithm's
+    hyper-parameters after the overrides (cut, tau), the effective rounds, the label and the seed. train.* keys
+    of other stages do not enter, and changing the default run's lm.rounds / lm.tau / lm.cut leaves the
+    studies' runs (which override them) valid."""
+    keys = {k: v for k, v in vars(p.lm).items() if not k.startswith("study_") and k not in NOT_RUN_KEYS}
+    keys.update(hp=to_dict(getattr(q.methods, method)), label=label, seed=seed, rounds=q.train.rounds)
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run_lm(p: SimpleNamespace, label: str, seed: int, out_dir: Path, ckpt_dir: Path, fed: engine.Federation,
            progress: bool = True, **overrides) -> dict | None:
     """Train one LM run unless ``out_dir`` already holds its finished result (same fingerprint):
@@ -86,11 +101,7 @@ def run_lm(p: SimpleNamespace, label: str, seed: int, out_dir: Path, ckpt_dir: P
     holds ``ckpt_dir``/lock, so processes started on the same study share its runs; None: another live
     process is training this one."""
     q, method = lm_params(p, label, seed, **overrides)
-    # what determines an LM run: the lm section (the study's own keys aside), the algorithm's
-    # hyper-parameters after the overrides, the label and the seed (train.* keys of other stages do not)
-    keys = {k: v for k, v in vars(p.lm).items() if not k.startswith("study_") and k not in ("methods", "seeds")}
-    keys.update(hp=to_dict(getattr(q.methods, method)), label=label, seed=seed, rounds=q.train.rounds)
-    fingerprint = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    fingerprint = lm_fingerprint(p, q, method, label, seed)
     done = out_dir / "fingerprint.txt"
     if (out_dir / "summary.json").exists() and done.exists() and done.read_text().strip() == fingerprint:
         return engine.read_summary(out_dir)        # summary.json with the wall clock of timing.json
