@@ -134,6 +134,7 @@ def claims_grid(s, verdicts: list[dict]) -> str:
                          f"observed: {evidence}" if v["n"] == 1 else f"**{re.sub(r' [(]n = [0-9]+[)]$', '', v['verdict'])}**: {evidence}")
         lines.append(f"| {claim} | {paper} | " + " | ".join(cells) + " |")
     return ("Verdicts of the long study beside the paper's figures: mean difference over seeds with its 95 % "
-            "t-interval (unadjusted for the number of claims); accuracy as a fraction (the paper's in %), rounds to "
-            "the partition's Table-3 target. A cell with one seed is an observation, not a verdict.\n\n"
+            "t-interval (unadjusted for the number of claims); accuracy as a fraction (the paper's in %, and perhaps "
+            "best-round figures: its released code reports the best round), rounds to the partition's Table-3 "
+            "target. A cell with one seed is an observation, not a verdict.\n\n"
             + "\n".join(lines) + "\n")
