@@ -26,6 +26,8 @@ def verdict(lo: float, hi: float, n: int, equivalence: bool = False, margin: flo
     """Equivalence ("A ≈ B") within ±margin: the 95 % interval inside the band (two one-sided tests at 2.5 %)."""
     if n < 2 or np.isnan(lo):
         return f"cannot tell (n = {n})"
+    if lo == hi and not equivalence:     # no spread (e.g. equal integer round counts): a zero-width interval
+        return f"cannot tell (no spread; n = {n})"
     if equivalence:
         return "holds" if -margin <= lo and hi <= margin else ("does not hold" if lo > margin or hi < -margin
                                                                else f"cannot tell (n = {n})")

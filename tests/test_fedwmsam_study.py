@@ -93,10 +93,10 @@ def test_echo_claim_pairs_the_late_test_loss_swing_by_seed():
         rows = [{"round": r, "test_loss": 1.0 + (swing if r == 25 else 0.0),
                  "alpha": "" if alpha is None else 0.1 + (alpha - 0.1) * (r - 1) / 29} for r in range(1, 31)]
         rows[0]["test_loss"] = ""                    # a round without evaluation is skipped
-        summ = {"last10_accuracy": 0.9, "final_accuracy": 0.9, "rounds_to_target": {"0.9": 10}}
+        summ = {"last10_accuracy": 0.9, "final_accuracy": 0.9, "rounds_to_target": {"0.9": 10}, "seconds_per_round": 1.0}
         return summ, rows
-    assert claims_mod.loss_swing(run(0, 0.05)[1]) == pytest.approx(0.05)
-    assert claims_mod.loss_swing(run(0, 0.05)[1], window=5) == 0.0   # the spike is 6th from the end
+    assert claims_mod.loss_swing(*run(0, 0.05)) == pytest.approx(0.05)
+    assert claims_mod.loss_swing(*run(0, 0.05), window=5) == 0.0   # the spike is 6th from the end
     data = {"p": {"fedcm": {0: run(0, 0.05), 1: run(1, 0.04)}, "fedwmsam": {0: run(0, 0.01, 0.2), 1: run(1, 0.02, 0.21)}}}
     s = type("S", (), {"partitions": ["p"], "table3_targets": [0.9], "methods": ["fedcm", "fedwmsam"], "rounds": 30})
     got = {c["key"]: c for c in claims_mod.claims(s, data, lambda x: x["last10_accuracy"])}
@@ -111,7 +111,7 @@ def test_rounds_claims_censor_never_reached_runs_refuse_zero_spread_and_level_us
     s = type("S", (), {"partitions": ["p"], "table3_targets": [0.95], "methods": ["fedavg", "fedsam"], "rounds": 300})
     data = {"p": {"fedavg": {0: run(60), 1: run(None), 2: run(70)}, "fedwmsam": {0: run(50), 1: run(80), 2: run(60)},
                   "fedsam": {0: run(60, 0.9718), 1: run(60, 0.9722), 2: run(60, 0.972)}}}
-    monkeypatch.setattr(claims_mod, "loss_swing", lambda rows: 0.0)     # rows are not needed for these claims
+    monkeypatch.setattr(claims_mod, "loss_swing", lambda *run: 0.0)     # rows are not needed for these claims
     got = {c["key"]: c for c in claims_mod.claims(s, data, lambda x: x["last10_accuracy"])}
     saved = got["rounds<fedavg"]                          # FedAvg seed 1 never reached 0.95: counted as 301
     assert saved["mean"] == pytest.approx(np.mean([10, 221, 10])) and "1 of 6 runs never reached it" in saved["evidence"]

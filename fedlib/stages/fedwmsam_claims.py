@@ -2,8 +2,7 @@
 
 Each claim is a paired difference over seeds (same initial model, client sampling and batches) with a 95 %
 t-interval (fedlib/stats.py): holds when the interval lies above 0, does not hold when below, cannot tell when it
-contains 0, when there are fewer than two seeds, or when the differences have no spread (equal integer round
-counts give a zero-width interval that means nothing). "FedAvg ≈ FedSAM" holds when the interval lies inside
+contains 0, when there are fewer than two seeds, or when the differences have no spread (stats.verdict). "FedAvg ≈ FedSAM" holds when the interval lies inside
 ±LEVEL (two one-sided tests at 2.5 %). The α_r claims are about FedWMSAM alone: one-sample intervals over seeds of
 final α_r − α_0 (does it rise?) and of final α_r − 0.5 (does the SAM gradient's weight pass the momentum's?).
 The intervals are per claim, not adjusted for the number of claims, and they reflect seed-to-seed variation on
@@ -16,6 +15,7 @@ import re
 import numpy as np
 
 from fedlib.stages.common import column
+from fedlib.stages.federated import family_summary
 from fedlib.stats import interval, paired, verdict
 
 
@@ -45,10 +45,9 @@ def rounds_or_censored(summary: dict, target: float, rounds: int) -> int:
 SWING_WINDOW = 10     # rounds: the momentum-echo amplitude, as federated.family_summary's test_loss_swing
 
 
-def loss_swing(rows: list[dict], window: int = SWING_WINDOW) -> float:
-    """max - min of one run's test loss over its last ``window`` evaluated rounds."""
-    _, v = column([rows], "test_loss")
-    return float(np.ptp(v[0][~np.isnan(v[0])][-window:]))
+def loss_swing(summary: dict, rows: list[dict], window: int = SWING_WINDOW) -> float:
+    """max - min of one run's test loss over its last ``window`` evaluated rounds (family_summary of one seed)."""
+    return family_summary([summary], [rows], window)["test_loss_swing"]
 
 
 def claims(s, data: dict, acc) -> list[dict]:
@@ -59,8 +58,6 @@ def claims(s, data: dict, acc) -> list[dict]:
 
         def add(key, claim, q, equivalence=False, unit=".4f", note="", part=part):
             v = verdict(q["lo"], q["hi"], q["n"], equivalence, LEVEL)
-            if q["n"] >= 2 and q["lo"] == q["hi"] and not equivalence:
-                v = f"cannot tell (no spread; n = {q['n']})"
             out.append({"key": key, "claim": claim, "partition": part, "verdict": v, **q,
                         "evidence": f"{interval_text(q, unit)}{note}, n = {q['n']}"})
         for b in s.methods:
@@ -74,7 +71,7 @@ def claims(s, data: dict, acc) -> list[dict]:
                 add(f"rounds<{b}", f"FedWMSAM reaches {target:g} in fewer rounds than {b} (rounds saved)",
                     paired(runs, b, "fedwmsam", rnd), unit=".1f",
                     note=f" ({cens} of {2 * len(seeds)} runs never reached it: counted as {s.rounds + 1})" * (cens > 0))
-        swing = {m: {sd: (loss_swing(x[1]),) for sd, x in r.items()} for m, r in runs.items()}
+        swing = {m: {sd: (loss_swing(*x),) for sd, x in r.items()} for m, r in runs.items()}
         for b in ("fedcm", "mofedsam"):
             if b in runs:
                 add(f"echo<{b}", f"FedWMSAM's test-loss swing over the last {SWING_WINDOW} rounds is smaller than "

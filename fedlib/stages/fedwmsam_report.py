@@ -183,16 +183,15 @@ def ablation(s) -> tuple[dict, dict]:
         if not runs:
             continue
         summ, rows = [x[0] for x in runs.values()], [x[1] for x in runs.values()]
-        l10 = [x["last10_accuracy"] for x in summ]
-        table[name] = {**hp, "n": len(l10), **family_summary(summ, rows),
-                       "total_s": float(sum(x.get("total_seconds", 0) for x in summ)), "last10_text": mean_sd(l10),
+        table[name] = {**hp, "n": len(summ), **family_summary(summ, rows),
+                       "total_s": float(sum(x.get("total_seconds", 0) for x in summ)),
                        "last10_by_seed": {seed: x[0]["last10_accuracy"] for seed, x in runs.items()}}
         curves[name] = column(rows, "test_accuracy")
     lines = ["| variant | " + " | ".join(ABLATION_SWITCHES.values()) + " | rho | n | final acc | last-10 acc ± std | "
              "sign flips | loss swing | curv. cos |", "|---|" + "---|" * (len(ABLATION_SWITCHES) + 7)]
     for name, t in table.items():
         lines.append(f"| {name} | " + " | ".join("✓" if t[k] else "" for k in ABLATION_SWITCHES) +
-                     f" | {t['rho']:g} | {t['n']} | {t['final_accuracy']:.4f} | {t['last10_text']} | "
+                     f" | {t['rho']:g} | {t['n']} | {t['final_accuracy']:.4f} | {mean_sd(list(t['last10_by_seed'].values()))} | "
                      f"{fmt_or_dash(t['sign_flip_share'], '.2f')} | "
                      f"{t['test_loss_swing']:.4f} | {fmt_or_dash(t['curvature_cos'], '.3f')} |")
     effects = switch_effects({n: t["last10_by_seed"] for n, t in table.items()}, variants, s.rho)
