@@ -106,9 +106,9 @@ def List(item: Field, default=None, min_len=0):
 
 
 DATASETS = ("mnist5k", "digits", "synthetic", "fmnist", "cifar10", "cifar100")
-MODELS = ("mlp", "mlp4", "cnn", "resnet18")
+MODELS = ("mlp", "mlp4", "cnn", "cnn_half", "resnet18")
 SPLIT_METHODS = ("splitfed_v1", "splitfed_v2", "csefsl", "heron", "musplitfed", "gas", "fslsage")
 # each model's named cut points (fedlib/models.py declares the same; tests/test_models.py pins the match)
 MODEL_CUTS = {"mlp": ("fc1", "fc2"), "mlp4": ("fc1", "fc2", "fc3"), "cnn": ("conv1", "conv2", "fc1"),
-              "resnet18": ("stem", "layer1", "layer2", "layer3", "layer4")}
+              "cnn_half": ("conv1", "conv2", "fc1"), "resnet18": ("stem", "layer1", "layer2", "layer3", "layer4")}
 CUT_POINTS = tuple(dict.fromkeys(c for cuts in MODEL_CUTS.values() for c in cuts))

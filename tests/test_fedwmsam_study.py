@@ -24,7 +24,7 @@ def project(tmp_path, monkeypatch):
         "seeds": [0, 1], "num_clients": 10, "rounds": 2, "clients_per_round": 2, "local_epochs": 1,
         "batch_size": 16, "lr": 0.05, "target_accuracies": [0.2, 0.99], "table3_targets": [0.2, 0.2],
         "ablation_partition": "dirichlet-0.5", "ablation_seeds": [0], "ablation_rhos": [0.01, 0.05],
-        "diag_every": 2,
+        "diag_every": 2, "model": "mlp", "train_loss_samples": 200,
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.chdir(tmp_path)
@@ -175,6 +175,39 @@ def test_bad_study_params_and_fingerprint(project):
     fp = lambda **o: study.study_fingerprint(study.study_params("params.yaml", "fedsam", "shards-2", o), "fedsam", 0)
     assert fp() == fp(**{"train.workers": 3}) != fp(**{"train.lr": 0.2})   # threads do not change the numbers
     assert study.partition_overrides("shards-3") == {"partition.scheme": "shards", "partition.classes_per_client": 3}
+
+
+def test_the_default_pipelines_train_settings_do_not_reach_a_study_run(project):
+    """The study pins its model and its f / ||grad f||^2 settings: the default pipeline may change train.*."""
+    fp = lambda: study.study_fingerprint(study.study_params("params.yaml", "fedsam", "shards-2"), "fedsam", 0)
+    base, raw = fp(), yaml.safe_load((project / "params.yaml").read_text())
+    raw["train"].update(model="cnn_half", train_loss_samples=50, grad_norm_every=0, eval_batch_size=99,
+                        rounds=7, local_epochs=3, batch_size=8, lr=0.3)
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert fp() == base
+    raw["study_fedwmsam"]["train_loss_samples"] = 100                   # the study's own key reaches the run
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    assert fp() != base and study.study_params("params.yaml", "fedsam", "shards-2").train.model == "mlp"
+
+
+def test_every_committed_study_run_matches_the_current_params():
+    """A change of params.yaml that would silently orphan the committed study runs fails here, not in a
+    several-hour rerun (dvc status cannot see train.* keys the study inherits)."""
+    from fedlib.stages.ablation import ablation_variants
+
+    s = study.load_params("params.yaml").study_fedwmsam
+    runs = {study.OUT / "main" / part / m / str(seed): study.study_params("params.yaml", m, part)
+            for part in s.partitions for m in s.methods for seed in s.seeds}
+    for name, hp in ablation_variants(s.rho, s.ablation_rhos).items():
+        over = {f"methods.fedwmsam.{k}": v for k, v in hp.items()}
+        for seed in s.ablation_seeds:
+            runs[study.OUT / "ablation" / name / "fedwmsam" / str(seed)] = study.study_params(
+                "params.yaml", "fedwmsam", s.ablation_partition, over)
+    done = {d: p for d, p in runs.items() if (d / "summary.json").exists()}
+    assert done                                                          # the committed results are there
+    for d, p in done.items():
+        method, seed = d.parent.name, int(d.name)
+        assert (d / "fingerprint.txt").read_text().strip() == study.study_fingerprint(p, method, seed), d
 
 
 def test_a_run_locked_by_a_live_process_is_left_to_it_and_a_dead_owners_lock_is_taken(project):

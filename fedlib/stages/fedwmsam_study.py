@@ -64,7 +64,9 @@ def study_params(params_path: str | Path, method: str, part: str, extra: dict | 
     over = {"train.rounds": s.rounds, "train.clients_per_round": s.clients_per_round,
             "train.local_epochs": s.local_epochs, "train.batch_size": s.batch_size, "train.lr": s.lr,
             "train.lr_decay": s.lr_decay, "train.weight_decay": s.weight_decay, "train.clip": s.clip,
-            "train.server_lr": 1.0, "train.eval_every": 1, "train.checkpoint_every": s.checkpoint_every,
+            "train.server_lr": 1.0, "train.eval_every": 1, "train.model": s.model,
+            "train.train_loss_samples": s.train_loss_samples, "train.grad_norm_every": s.grad_norm_every,
+            "train.eval_batch_size": s.eval_batch_size, "train.checkpoint_every": s.checkpoint_every,
             "train.snapshot_rounds": [], "train.target_accuracies": s.target_accuracies,
             "partition.num_clients": s.num_clients, f"methods.{method}.diag_every": s.diag_every,
             **partition_overrides(part)}
