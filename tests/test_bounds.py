@@ -158,3 +158,15 @@ def test_an_unfinished_study_uses_complete_blocks_only():
     # three seeds, only seed 0 complete and no point with all three: seed 0 alone (no interval can be formed)
     assert sweeps._complete_block(rows, [0, 1, 2]) == (rows, [0])
     assert sweeps._complete_block(rows[:1] + rows[2:], [0, 1]) == (rows[:1] + rows[2:], [0, 1])
+
+
+def test_one_seed_tables_say_what_is_missing_instead_of_printing_nan_intervals():
+    from fedlib.stages.analysis import flatness_markdown, held_out_text
+
+    assert held_out_text({"held_out_total": 0, "fit_seed": 0}).startswith("No held-out runs (one seed, 0)")
+    assert "holds on 3 of 4 held-out runs" in held_out_text(
+        {"held_out_total": 4, "held_out_hold": 3, "fit_seed": 0, "common_from_fit_seed": 1.5})
+    row = {"method": "fedavg", "seed": 0, "lambda_max": 2.0, "lambda_ratio": 1.5, "trace": 9.0, "trace_se": 0.5,
+           "trace_rel_se": 0.05, "test_accuracy": 0.9}
+    one = flatness_markdown({"fedavg": {}}, [row], 5, [0])
+    assert "One seed (0)" in one and "nan" not in one and "| fedavg | 0 | 2 |" in one

@@ -190,7 +190,7 @@ def test_a_study_run_keeps_its_fingerprint_when_the_default_run_changes_what_the
         q, method = stage.lm_params(stage.study_lm(p, "zo"), label, 0, cut="block3", tau=2, rounds=p.lm.study_rounds)
         return stage.lm_fingerprint(stage.study_lm(p, "zo"), q, method, label, 0)
     base = fp({})
-    assert fp({"lm.rounds": 3, "lm.tau": 5, "lm.cut": "block5"}) == base       # the study overrides all three
+    assert fp({"lm.rounds": 3, "lm.tau": 5, "lm.cut": "block5", "lm.eval_every": 1}) == base   # the study overrides these
     assert fp({"lm.lr_lora": 0.5}) != base and fp({"lm.study_rounds": 11}) != base   # these reach the run
     assert fp({"lm.zo_mu": 0.01}) != base and fp({}, "heron_lora") != base
 

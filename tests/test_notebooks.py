@@ -57,3 +57,30 @@ def test_two_notebooks_run_at_once_without_sharing_kernel_sockets(tmp_path, monk
         last = nbformat.read(out, as_version=4).cells[-1]
         assert last.outputs[0]["data"]["text/plain"] == str(2 * i)
     assert not list(tmp_path.glob("kernel-ipc*"))                   # no sockets left in the working directory
+
+
+def test_the_runner_trusts_dvcs_check_only_when_it_passed_on_these_params(tmp_path, monkeypatch, capsys):
+    """Inside `dvc repro` the check stage validated params.yaml: the runner skips its own check only when the
+    marker is at least as new as the params (a failed check leaves it older) and DVC_STAGE is set."""
+    import os
+
+    from fedlib.notebook import checked_by_dvc, main
+
+    params, marker = tmp_path / "params.yaml", tmp_path / "check.txt"
+    params.write_text("train: {rounds: -1}\n")
+    marker.write_text("valid\n")
+    os.utime(params, (1000, 1000))
+    os.utime(marker, (2000, 2000))
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    assert not checked_by_dvc(params, marker)                          # by hand: always check
+    monkeypatch.setenv("DVC_STAGE", "train@fedavg")
+    assert checked_by_dvc(params, marker)
+    os.utime(params, (3000, 3000))                                     # edited after the last passing check
+    assert not checked_by_dvc(params, marker) and not checked_by_dvc(params, tmp_path / "none.txt")
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 0", metadata={"tags": ["parameters"]})])
+    nbformat.write(nb, tmp_path / "src.ipynb")
+    monkeypatch.chdir(tmp_path)                                        # no results/check.txt here: checked
+    assert main(["src.ipynb", "out.ipynb", "--params-file", "params.yaml"]) == 2
+    assert "train.rounds" in capsys.readouterr().err and not (tmp_path / "out.ipynb").exists()
