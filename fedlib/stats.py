@@ -34,6 +34,13 @@ def verdict(lo: float, hi: float, n: int, equivalence: bool = False, margin: flo
     return "holds" if lo > 0 else ("does not hold" if hi < 0 else f"cannot tell (n = {n})")
 
 
+def interval_text(q: dict, unit: str = ".4f") -> str:
+    """'mean [lo, hi]' of a paired difference; the mean alone at n = 1, a dash at n = 0."""
+    if q["n"] == 0:
+        return "—"
+    return f"{q['mean']:+{unit}}" + (f" [{q['lo']:+{unit}}, {q['hi']:+{unit}}]" if q["n"] > 1 else "")
+
+
 def paired(runs: dict, a: str, b: str, key) -> dict:
     seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
     d = [key(runs[a][s][0]) - key(runs[b][s][0]) for s in seeds]

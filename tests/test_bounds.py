@@ -170,3 +170,24 @@ def test_one_seed_tables_say_what_is_missing_instead_of_printing_nan_intervals()
            "trace_rel_se": 0.05, "test_accuracy": 0.9}
     one = flatness_markdown({"fedavg": {}}, [row], 5, [0])
     assert "One seed (0)" in one and "nan" not in one and "| fedavg | 0 | 2 |" in one
+
+
+def test_one_seed_headline_shows_values_without_intervals_and_two_seeds_a_sample_std():
+    from types import SimpleNamespace as NS
+
+    from fedlib.stages.federated import headline
+
+    p = NS(train=NS(model="cnn_half", clients_per_round=10, local_epochs=2, batch_size=20, rounds=30, seeds=[0]),
+           partition=NS(num_clients=100, scheme="dirichlet"))
+    row = lambda acc, std: {"final_accuracy": acc, "final_accuracy_std": std, "last10_accuracy": acc,
+                            "best_accuracy": acc, "rounds_to_target": {"0.8": 3}, "seconds_per_round": 0.2}
+    runs = lambda accs: {s: ({"final_accuracy": a}, []) for s, a in enumerate(accs)}
+    one = headline(p, {"scaffold": row(0.9, None), "fedavg": row(0.85, None)},
+                   {"scaffold": runs([0.9]), "fedavg": runs([0.85])})
+    assert "seed 0." in one and "nan" not in one and "| scaffold | 0.9000 |" in one
+    assert "scaffold > fedavg: **cannot tell (n = 1)** (+0.0500, n = 1)" in one
+    p.train.seeds = [0, 1]
+    two = headline(p, {"scaffold": row(0.9, 0.01), "fedavg": row(0.85, 0.02)},
+                   {"scaffold": runs([0.9, 0.92]), "fedavg": runs([0.85, 0.86])})
+    t = stats.t.ppf(0.975, 1) * np.std([0.05, 0.06], ddof=1) / np.sqrt(2)
+    assert "| scaffold | 0.9000 ± 0.0100 |" in two and f"(+0.0550 [{0.055 - t:+.4f}, {0.055 + t:+.4f}], n = 2)" in two

@@ -21,7 +21,7 @@ def test_defaults_filled_and_repo_params_valid():
     ("train.clients_per_round", 11, r"clients_per_round = 11 exceeds partition\.num_clients = 10; allowed: 1\.\.10"),
     ("train.methods", ["fedavg", "fedmagic"], r"unknown method 'fedmagic'; allowed methods: .*fedavg"),
     ("data.dataset", "imagenet", r"data\.dataset = 'imagenet' .*one of mnist5k, digits"),
-    ("train.model", "vit", r"train\.model = 'vit' .*one of mlp, mlp4, cnn, resnet18"),
+    ("train.model", "vit", r"train\.model = 'vit' .*one of mlp, mlp4, cnn, cnn_half, resnet18"),
     ("methods.fedavgm.beta", 1.5, r"methods\.fedavgm\.beta = 1\.5 .*< 1"),
     ("bogus.key", 1, r"unknown section bogus"),
     ("split.cut", "layer2", r"split\.cut = 'layer2' is not a cut point of split\.model = 'cnn'; allowed: conv1, conv2, fc1"),

@@ -13,7 +13,7 @@ import numpy as np
 
 from fedlib import engine, partition, plots
 from fedlib.config import to_dict
-from fedlib.stats import paired, verdict
+from fedlib.stats import interval_text, paired, verdict
 from fedlib.stages.common import (
     column,
     fmt_or_dash,
@@ -65,7 +65,7 @@ def report_stage(p: SimpleNamespace, train_dir: str | Path, out_dir: str | Path)
         s = run["summaries"]
         table[m] = {
             "final_accuracy": float(np.mean([x["final_accuracy"] for x in s])),
-            "final_accuracy_std": float(np.std([x["final_accuracy"] for x in s])),
+            "final_accuracy_std": float(np.std([x["final_accuracy"] for x in s], ddof=1)) if len(s) > 1 else None,
             "last10_accuracy": float(np.mean([x["last10_accuracy"] for x in s])),
             "best_accuracy": float(np.mean([x["best_accuracy"] for x in s])),
             "rounds_to_target": {a: mean_or_none([x["rounds_to_target"][a] for x in s])
@@ -104,15 +104,15 @@ def headline(p: SimpleNamespace, table: dict, by_seed: dict) -> str:
     t = p.train
     lines = [f"MNIST-5k, {t.model}, {p.partition.num_clients} clients ({p.partition.scheme}), {t.clients_per_round} "
              f"a round, {t.local_epochs} local epochs, batch {t.batch_size}, {t.rounds} rounds, "
-             f"seeds {', '.join(map(str, t.seeds))}.\n", markdown_table(table),
-             "Claims, on final accuracy paired by seed (mean difference, 95 % t-interval):\n"]
+             f"seed{'s' if len(t.seeds) > 1 else ''} {', '.join(map(str, t.seeds))}.\n", markdown_table(table),
+             "Claims, on final accuracy paired by seed (mean difference, 95 % t-interval from two seeds on):\n"]
     final = lambda x: x["final_accuracy"]
     for a, b, equal in CLAIMS:
         if a in by_seed and b in by_seed:
             q = paired(by_seed, a, b, final)
             rel = "≈" if equal else ">"
             lines.append(f"* {a} {rel} {b}: **{verdict(q['lo'], q['hi'], q['n'], equal)}** "
-                         f"({q['mean']:+.4f} [{q['lo']:+.4f}, {q['hi']:+.4f}], n = {q['n']})")
+                         f"({interval_text(q)}, n = {q['n']})")
     return "\n".join(lines) + "\n"
 
 
@@ -122,7 +122,8 @@ def markdown_table(table: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, t in table.items():
         rt = ["—" if t["rounds_to_target"][a] is None else f"{t['rounds_to_target'][a]:.0f}" for a in targets]
-        lines.append(f"| {m} | {t['final_accuracy']:.4f} ± {t['final_accuracy_std']:.4f} | {t['last10_accuracy']:.4f} "
+        std = "" if t["final_accuracy_std"] is None else f" ± {t['final_accuracy_std']:.4f}"     # sample std over seeds
+        lines.append(f"| {m} | {t['final_accuracy']:.4f}{std} | {t['last10_accuracy']:.4f} "
                      f"| {t['best_accuracy']:.4f} | " + " | ".join(rt) + f" | {t['seconds_per_round']:.3f} |")
     return "\n".join(lines) + "\n"
 

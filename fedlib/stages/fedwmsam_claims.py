@@ -16,14 +16,7 @@ import numpy as np
 
 from fedlib.stages.common import column
 from fedlib.stages.federated import family_summary
-from fedlib.stats import interval, paired, verdict
-
-
-def interval_text(q: dict, unit: str = ".4f") -> str:
-    """'mean [lo, hi]' of a paired difference; the mean alone at n = 1, a dash at n = 0."""
-    if q["n"] == 0:
-        return "—"
-    return f"{q['mean']:+{unit}}" + (f" [{q['lo']:+{unit}}, {q['hi']:+{unit}}]" if q["n"] > 1 else "")
+from fedlib.stats import interval, interval_text, paired, verdict
 
 
 # "FedAvg ≈ FedSAM": the band of last-10 accuracy inside which two methods count as level. At ~0.97 the ten methods

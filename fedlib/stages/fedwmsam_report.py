@@ -25,7 +25,8 @@ from fedlib.stages.ablation import ABLATION_SWITCHES, ablation_variants
 from fedlib.stages.common import column, fmt_or_dash, run_dir
 from fedlib.stages.federated import family_summary
 from fedlib.stages.fedwmsam_study import OUT
-from fedlib.stages.fedwmsam_claims import claims, claims_grid, interval_text
+from fedlib.stages.fedwmsam_claims import claims, claims_grid
+from fedlib.stats import interval_text
 from fedlib.stats import interval, paired, verdict
 
 def load(root: Path, methods, seeds) -> dict:
