@@ -221,8 +221,10 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "rho": Float(0.01, ge=0),
         "model": Choice("cnn", *MODELS),              # the study's own model and f / ||grad f||^2 settings,
         "train_loss_samples": Int(250, ge=1),         # so the default pipeline's train.* can change without
-        "grad_norm_every": Int(1, ge=0),              # touching the study's runs
+        "grad_norm_every": Int(1, ge=1),              # touching the study's runs
         "eval_batch_size": Int(250, ge=1),
+        "device": Choice("cpu", "auto", "cpu", "cuda"),   # in the runs' fingerprints (cuda equals cpu only to
+        "batched": Choice("auto", "auto", "on", "off"),    # float tolerance), so pinned here too
         "diag_every": Int(10, ge=0),
         "checkpoint_every": Int(10, ge=1),
         "target_accuracies": List(Float(gt=0, le=1), [0.8, 0.85, 0.9, 0.95], min_len=1),

@@ -191,3 +191,15 @@ def test_one_seed_headline_shows_values_without_intervals_and_two_seeds_a_sample
                    {"scaffold": runs([0.9, 0.92]), "fedavg": runs([0.85, 0.86])})
     t = stats.t.ppf(0.975, 1) * np.std([0.05, 0.06], ddof=1) / np.sqrt(2)
     assert "| scaffold | 0.9000 ± 0.0100 |" in two and f"(+0.0550 [{0.055 - t:+.4f}, {0.055 + t:+.4f}], n = 2)" in two
+
+
+def test_report_row_has_the_sample_std_over_seeds_and_none_for_one_seed():
+    from fedlib.stages.federated import method_row
+
+    run = lambda acc, r: {"final_accuracy": acc, "last10_accuracy": acc - 0.01, "best_accuracy": acc + 0.01,
+                          "rounds_to_target": {"0.8": r}, "seconds_per_round": 0.2}
+    one = method_row([run(0.9, 5)])
+    assert one["final_accuracy_std"] is None and one["final_accuracy"] == 0.9 and one["seeds"] == 1
+    two = method_row([run(0.9, 4), run(0.8, None)])
+    assert two["final_accuracy_std"] == pytest.approx(np.sqrt(2) * 0.05)      # ddof = 1: 0.0707, not 0.05
+    assert two["final_accuracy"] == pytest.approx(0.85) and two["last10_accuracy"] == pytest.approx(0.84)

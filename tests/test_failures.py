@@ -154,7 +154,8 @@ def test_check_cli_writes_a_constant_marker(tmp_path, capsys):
 ])
 def test_notebook_parameters_are_checked(params, expect):
     with pytest.raises(ParamsError, match=expect):
-        notebook.check_parameters("notebooks/train.ipynb", params)
+        notebook.check_parameter_names("notebooks/train.ipynb", params)
+        notebook.check_parameter_values(params)
 
 
 def test_cell_error_becomes_one_line_and_a_traceback_file(tmp_path):

@@ -59,28 +59,48 @@ def test_two_notebooks_run_at_once_without_sharing_kernel_sockets(tmp_path, monk
     assert not list(tmp_path.glob("kernel-ipc*"))                   # no sockets left in the working directory
 
 
-def test_the_runner_trusts_dvcs_check_only_when_it_passed_on_these_params(tmp_path, monkeypatch, capsys):
-    """Inside `dvc repro` the check stage validated params.yaml: the runner skips its own check only when the
-    marker is at least as new as the params (a failed check leaves it older) and DVC_STAGE is set."""
-    import os
-
-    from fedlib.notebook import checked_by_dvc, main
-
-    params, marker = tmp_path / "params.yaml", tmp_path / "check.txt"
-    params.write_text("train: {rounds: -1}\n")
-    marker.write_text("valid\n")
-    os.utime(params, (1000, 1000))
-    os.utime(marker, (2000, 2000))
-    monkeypatch.delenv("DVC_STAGE", raising=False)
-    assert not checked_by_dvc(params, marker)                          # by hand: always check
-    monkeypatch.setenv("DVC_STAGE", "train@fedavg")
-    assert checked_by_dvc(params, marker)
-    os.utime(params, (3000, 3000))                                     # edited after the last passing check
-    assert not checked_by_dvc(params, marker) and not checked_by_dvc(params, tmp_path / "none.txt")
+def test_the_runner_skips_a_check_only_for_params_content_that_passed_it_under_the_same_code(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """Inside `dvc repro` a params file whose exact bytes passed the full check under the exact same fedlib code is
+    not checked again (saves ~3.5 s a stage); -p names are always checked; anything else is checked first."""
     import nbformat
+    import yaml
+
+    from fedlib import check as check_mod
+    from fedlib import notebook
+    from fedlib.config import ParamsError
+    from tests.conftest import tiny_raw
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 0", metadata={"tags": ["parameters"]})])
+    nb.metadata["kernelspec"] = {"name": "fedlib", "display_name": "fedlib", "language": "python"}
     nbformat.write(nb, tmp_path / "src.ipynb")
-    monkeypatch.chdir(tmp_path)                                        # no results/check.txt here: checked
-    assert main(["src.ipynb", "out.ipynb", "--params-file", "params.yaml"]) == 2
-    assert "train.rounds" in capsys.readouterr().err and not (tmp_path / "out.ipynb").exists()
+    monkeypatch.chdir(tmp_path)
+    good = yaml.safe_dump(tiny_raw())
+    Path("params.yaml").write_text(good)
+    calls = []
+    real = check_mod.check
+    monkeypatch.setattr(check_mod, "check", lambda *a, **k: (calls.append(a), real(*a, **k))[1])
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+
+    notebook.validate_inputs("src.ipynb", "params.yaml", {"x": 1})          # by hand: checked, digest recorded
+    assert len(calls) == 1 and (notebook.CHECKED / notebook.params_digest("params.yaml")).exists()
+    notebook.validate_inputs("src.ipynb", "params.yaml", {"x": 1})          # by hand: checked again
+    monkeypatch.setenv("DVC_STAGE", "train@fedavg")
+    notebook.validate_inputs("src.ipynb", "params.yaml", {"x": 1})          # under dvc, same bytes + code: skipped
+    assert len(calls) == 2
+    with pytest.raises(ParamsError, match="has no parameter 'y'"):         # names: always
+        notebook.validate_inputs("src.ipynb", "params.yaml", {"y": 1})
+
+    Path("params.yaml").write_text(good.replace("rounds: 4", "rounds: -1"))   # new content, same second
+    assert notebook.main(["src.ipynb", "out.ipynb"]) == 2
+    assert "train.rounds" in capsys.readouterr().err and not Path("out.ipynb").exists()
+    assert len(calls) == 3 and len(list(notebook.CHECKED.iterdir())) == 1    # the bad content is not recorded
+
+    Path("params.yaml").write_text(good)                                     # the same code, checked bytes
+    fake = tmp_path / "fake" / "fedlib"
+    fake.mkdir(parents=True)
+    (fake / "sections.py").write_text("A = 1\n")
+    monkeypatch.setattr(notebook, "__file__", str(fake / "notebook.py"))   # the code the digest covers changes
+    before = notebook.params_digest("params.yaml")
+    (fake / "sections.py").write_text("A = 2\n")
+    assert notebook.params_digest("params.yaml") != before

@@ -253,14 +253,14 @@ def flatness_stage(p: SimpleNamespace, partition_path: str | Path, models_dir: s
 
 
 def _over_seeds(rows: list[dict], keys) -> dict:
-    """Mean and 95 % t-interval half-width over seeds of each key (NaN half-width for one seed)."""
+    """Mean and 95 % t-interval half-width over seeds of each key (None for one seed: strict JSON, no NaN)."""
     from scipy import stats
 
     out = {"seeds": len(rows)}
     for k in keys:
         v = np.array([r[k] for r in rows], float)
-        half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
-        out[k], out[f"{k}_ci95"] = float(v.mean()), float(half)
+        half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None
+        out[k], out[f"{k}_ci95"] = float(v.mean()), half
     return out
 
 

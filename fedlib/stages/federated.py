@@ -54,25 +54,27 @@ def train_stage(p: SimpleNamespace, method: str, seed: int, partition_path: str 
                         progress=progress)
 
 
+def method_row(s: list[dict]) -> dict:
+    """One method's row of the report over its seeds' summaries: means, and the sample std of the final accuracy
+    (None for one seed)."""
+    return {
+        "final_accuracy": float(np.mean([x["final_accuracy"] for x in s])),
+        "final_accuracy_std": float(np.std([x["final_accuracy"] for x in s], ddof=1)) if len(s) > 1 else None,
+        "last10_accuracy": float(np.mean([x["last10_accuracy"] for x in s])),
+        "best_accuracy": float(np.mean([x["best_accuracy"] for x in s])),
+        "rounds_to_target": {a: mean_or_none([x["rounds_to_target"][a] for x in s]) for a in s[0]["rounds_to_target"]},
+        "seconds_per_round": float(np.mean([x["seconds_per_round"] for x in s])),
+        "seeds": len(s),
+    }
+
+
 def report_stage(p: SimpleNamespace, train_dir: str | Path, out_dir: str | Path) -> dict:
     """Accuracy and loss vs round for every method (mean and min..max over seeds), a final-accuracy
     table, and the wide CSVs that `dvc plots show` draws."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = read_runs(train_dir, p.train.methods, p.train.seeds)
-    table = {}
-    for m, run in runs.items():
-        s = run["summaries"]
-        table[m] = {
-            "final_accuracy": float(np.mean([x["final_accuracy"] for x in s])),
-            "final_accuracy_std": float(np.std([x["final_accuracy"] for x in s], ddof=1)) if len(s) > 1 else None,
-            "last10_accuracy": float(np.mean([x["last10_accuracy"] for x in s])),
-            "best_accuracy": float(np.mean([x["best_accuracy"] for x in s])),
-            "rounds_to_target": {a: mean_or_none([x["rounds_to_target"][a] for x in s])
-                                 for a in s[0]["rounds_to_target"]},
-            "seconds_per_round": float(np.mean([x["seconds_per_round"] for x in s])),
-            "seeds": len(s),
-        }
+    table = {m: method_row(run["summaries"]) for m, run in runs.items()}
     for col, label in (("test_accuracy", "test accuracy"), ("train_loss", "training loss")):
         series = {}
         for m, run in runs.items():

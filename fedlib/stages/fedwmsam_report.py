@@ -26,8 +26,8 @@ from fedlib.stages.common import column, fmt_or_dash, run_dir
 from fedlib.stages.federated import family_summary
 from fedlib.stages.fedwmsam_study import OUT
 from fedlib.stages.fedwmsam_claims import claims, claims_grid
-from fedlib.stats import interval_text
-from fedlib.stats import interval, paired, verdict
+from fedlib.stats import interval, interval_text, paired, verdict
+
 
 def load(root: Path, methods, seeds) -> dict:
     """{method: {seed: (summary, rows)}} for the complete runs under root."""

@@ -66,7 +66,8 @@ def study_params(params_path: str | Path, method: str, part: str, extra: dict | 
             "train.lr_decay": s.lr_decay, "train.weight_decay": s.weight_decay, "train.clip": s.clip,
             "train.server_lr": 1.0, "train.eval_every": 1, "train.model": s.model,
             "train.train_loss_samples": s.train_loss_samples, "train.grad_norm_every": s.grad_norm_every,
-            "train.eval_batch_size": s.eval_batch_size, "train.checkpoint_every": s.checkpoint_every,
+            "train.eval_batch_size": s.eval_batch_size, "train.device": s.device, "train.batched": s.batched,
+            "train.checkpoint_every": s.checkpoint_every,
             "train.snapshot_rounds": [], "train.target_accuracies": s.target_accuracies,
             "partition.num_clients": s.num_clients, f"methods.{method}.diag_every": s.diag_every,
             **partition_overrides(part)}
