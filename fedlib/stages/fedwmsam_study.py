@@ -56,21 +56,21 @@ def check_study(s: SimpleNamespace) -> None:
                           f"{len(s.partitions)} partitions; allowed: one target per partition")
 
 
+# study_fedwmsam keys laid over the train.* key of the same name (every other train key but methods, seeds and
+# workers is fixed in study_params; tests/test_fedwmsam_study.py checks none is inherited from the root train.*)
+TRAIN_KEYS = ("rounds", "clients_per_round", "local_epochs", "batch_size", "lr", "lr_decay", "weight_decay", "clip",
+              "model", "train_loss_samples", "grad_norm_every", "eval_batch_size", "device", "batched",
+              "checkpoint_every", "target_accuracies")
+
+
 def study_params(params_path: str | Path, method: str, part: str, extra: dict | None = None) -> SimpleNamespace:
     """The root params with the study's regime laid over train.*, the partition and the method's rho."""
     from fedlib.algorithms import REGISTRY
 
     s = load_params(params_path).study_fedwmsam
-    over = {"train.rounds": s.rounds, "train.clients_per_round": s.clients_per_round,
-            "train.local_epochs": s.local_epochs, "train.batch_size": s.batch_size, "train.lr": s.lr,
-            "train.lr_decay": s.lr_decay, "train.weight_decay": s.weight_decay, "train.clip": s.clip,
-            "train.server_lr": 1.0, "train.eval_every": 1, "train.model": s.model,
-            "train.train_loss_samples": s.train_loss_samples, "train.grad_norm_every": s.grad_norm_every,
-            "train.eval_batch_size": s.eval_batch_size, "train.device": s.device, "train.batched": s.batched,
-            "train.checkpoint_every": s.checkpoint_every,
-            "train.snapshot_rounds": [], "train.target_accuracies": s.target_accuracies,
-            "partition.num_clients": s.num_clients, f"methods.{method}.diag_every": s.diag_every,
-            **partition_overrides(part)}
+    over = {**{f"train.{k}": getattr(s, k) for k in TRAIN_KEYS}, "train.server_lr": 1.0, "train.eval_every": 1,
+            "train.snapshot_rounds": [], "partition.num_clients": s.num_clients,
+            f"methods.{method}.diag_every": s.diag_every, **partition_overrides(part)}
     if "rho" in REGISTRY[method].hparams:
         over[f"methods.{method}.rho"] = s.rho
     return load_params(params_path, {**over, **(extra or {})})
