@@ -203,3 +203,35 @@ def test_report_row_has_the_sample_std_over_seeds_and_none_for_one_seed():
     two = method_row([run(0.9, 4), run(0.8, None)])
     assert two["final_accuracy_std"] == pytest.approx(np.sqrt(2) * 0.05)      # ddof = 1: 0.0707, not 0.05
     assert two["final_accuracy"] == pytest.approx(0.85) and two["last10_accuracy"] == pytest.approx(0.84)
+
+
+def test_a_sweep_run_and_its_measurement_are_reused_only_under_the_same_settings(tmp_path, monkeypatch):
+    """A finished sweep run is skipped only when its fingerprint matches the settings now (a changed root
+    train.batch_size retrains it and drops its measurement); a measurement is reused only under the same
+    analysis settings."""
+    from tests.conftest import tiny_raw
+
+    from fedlib import engine
+    from fedlib.config import validate
+
+    p = validate(tiny_raw())
+    data = engine.load_data(p)
+    s = {"S": 2, "E": 1, "N": 10, "R": 2}
+    trained, real_train = [], engine.train
+    monkeypatch.setattr(engine, "train", lambda q, *a, **k: trained.append(q.train.batch_size) or real_train(q, *a, **k))
+    out = sweeps.train_one(p, data, s, 0, tmp_path, "fedavg", "mlp", 0.05)
+    assert trained == [16] and (out / "fingerprint.txt").exists()
+    assert sweeps.train_one(p, data, s, 0, tmp_path, "fedavg", "mlp", 0.05) == out and trained == [16]
+
+    powers, real_power = [], sweeps.power_iteration
+    monkeypatch.setattr(sweeps, "power_iteration", lambda *a, **k: powers.append(1) or real_power(*a, **k))
+    first = sweeps.measure_one(p, data, out, s, "fedavg", 0.01, 0.05)
+    assert sweeps.measure_one(p, data, out, s, "fedavg", 0.01, 0.05) == first and len(powers) == 1
+    p.analysis.noise_batches += 1                              # another measurement setting: measured again
+    sweeps.measure_one(p, data, out, s, "fedavg", 0.01, 0.05)
+    assert len(powers) == 2
+
+    q = validate(tiny_raw(batch_size=8))                       # the root train setting moved: trained again
+    assert sweeps.train_one(q, data, s, 0, tmp_path, "fedavg", "mlp", 0.05) == out and trained == [16, 8]
+    assert not (out / "analysis.json").exists()
+    assert sweeps.train_one(q, data, s, 0, tmp_path, "fedavg", "mlp", 0.05) == out and trained == [16, 8]

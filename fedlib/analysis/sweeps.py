@@ -12,7 +12,8 @@ theory's setting). Each sweep moves one parameter from the base setting:
 f is the mean cross-entropy over the engine's train-loss set (train.train_loss_samples samples of the
 pool, seeded by data.seed): the engine logs ||grad f(x_r)||^2 on it every round, and L, sigma_rho^2 and
 Delta_0 are measured on the same set. Every run lives in its own directory with the engine's
-checkpoints and a cached measurement, so a killed sweep resumes where it stopped.
+checkpoints and a cached measurement, so a killed sweep resumes where it stopped; both are reused only
+while their fingerprints match the settings now (a changed setting retrains, never mixes).
 """
 from __future__ import annotations
 
@@ -92,10 +93,11 @@ def loss_set(data, n: int, data_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train_one(p: SimpleNamespace, data, s: dict, seed: int, root: Path, method: str, model: str,
               lr: float) -> Path:
-    """Train (or resume) one sweep run; returns its directory."""
+    """Train (or resume) one sweep run; returns its directory. A finished run is reused only when its
+    fingerprint.txt matches the run's settings now (everything engine.run_fingerprint covers, root train.*
+    included); otherwise its summary and measurement are dropped and it is trained again, so a changed
+    setting never mixes old runs into a new sweep."""
     out = run_dir(root, s, seed)
-    if (out / "summary.json").exists():
-        return out
     raw = to_dict(p)              # the stage's validated params, not a re-read of a file that may have changed
     for key, value in {
         "partition.num_clients": s["N"], "train.methods": [method], "train.model": model, "train.rounds": s["R"],
@@ -104,19 +106,39 @@ def train_one(p: SimpleNamespace, data, s: dict, seed: int, root: Path, method: 
         "train.grad_norm_every": 1}.items():
         set_dotted(raw, key, value)
     q = validate(raw)
+    fp = engine.run_fingerprint(q, method, seed)
+    if (out / "summary.json").exists() and _text(out / "fingerprint.txt") == fp:
+        return out
+    for stale in ("summary.json", "analysis.json", "fingerprint.txt"):
+        (out / stale).unlink(missing_ok=True)
     pt = q.partition
     parts = partition.make_partition(data.y_train.numpy(), pt.scheme, s["N"], alpha=pt.alpha,
                                      classes_per_client=pt.classes_per_client, min_client_size=pt.min_client_size,
                                      seed=pt.seed)
     engine.train(q, method, seed, out, fed=engine.federate(data, parts), model_dir=out, progress=False)
+    (out / "fingerprint.txt").write_text(fp + "\n")
     return out
+
+
+def _text(path: Path) -> str | None:
+    return path.read_text().strip() if path.exists() else None
+
+
+def measure_settings(p: SimpleNamespace, out: Path, s: dict, rho: float, lr: float) -> dict:
+    """What a cached measurement depends on besides the model it measures: the run (its fingerprint) and the
+    analysis settings."""
+    a = p.analysis
+    return {"run": _text(out / "fingerprint.txt"), "R": s["R"], "rho": rho, "lr": lr,
+            "analysis": {k: getattr(a, k) for k in ("hvp_batch", "power_iters", "power_tol", "noise_batches", "seed")}}
 
 
 def measure_one(p: SimpleNamespace, data, out: Path, s: dict, method: str, rho: float, lr: float) -> dict:
     """Per run (cached in analysis.json): ||grad f(x_r)||^2 for r = 0..R, f(x_r), lambda_max at x_R (power
-    iteration on the whole set), sigma^2 and sigma_rho^2 of the method's perturbation at x_R."""
+    iteration on the whole set), sigma^2 and sigma_rho^2 of the method's perturbation at x_R. The cache is
+    reused only under the same ``measure_settings``."""
     cache = out / "analysis.json"
-    if cache.exists():
+    settings = json.loads(json.dumps(measure_settings(p, out, s, rho, lr)))
+    if cache.exists() and json.loads(cache.read_text()).get("settings") == settings:
         return json.loads(cache.read_text())
     a, t = p.analysis, p.train
     saved = engine.load_models(out / "models.pt")
@@ -133,7 +155,7 @@ def measure_one(p: SimpleNamespace, data, out: Path, s: dict, method: str, rho: 
     batches = noise.noise_batches(obj.n, t.batch_size, a.noise_batches, a.seed)
     nz = noise.gradient_noise(obj, x, batches, {rho: pert} if pert else None)
     res = {"grad_sq": grad_sq, "f": f, "lambda_max": lam, "sigma2": nz["sigma2"],
-           "sigma_rho2": nz["rho"][rho][0] if pert else nz["sigma2"], "lr": lr}
+           "sigma_rho2": nz["rho"][rho][0] if pert else nz["sigma2"], "lr": lr, "settings": settings}
     cache.write_text(json.dumps(res))
     return json.loads(cache.read_text())      # int keys become strings, as on a later read
 
