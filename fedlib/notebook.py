@@ -23,6 +23,11 @@ from pathlib import Path
 
 import yaml
 
+# jsonschema (under nbformat, so under papermill and nbconvert) imports rfc3987_syntax if present, which builds
+# a Lark grammar at import: 1.5 s of every stage's runner for IRI format checks no notebook uses. A None entry
+# makes that optional import fail, as if the package were absent (jsonschema then skips those two formats).
+sys.modules.setdefault("rfc3987_syntax", None)
+
 KERNEL = "fedlib"
 ERRORS_DIR = Path("runs/errors")
 # exceptions whose message is already the one line a user needs (key, value, what is allowed, what to do)

@@ -34,6 +34,7 @@ def run(p, name: str, method: str, over: dict, seed: int, fed) -> dict:
     h = p.heron_study
     q = split_params(p, method, seed, rounds=h.rounds)
     q.train.eval_every = h.eval_every
+    q.train.grad_norm_every = 1    # as its committed runs were made (in their fingerprints); split_params sets 0
     vars(getattr(q.methods, method)).update(over)
     out = OUT / "runs" / f"{name}-seed{seed}"
     done = out / "summary.json"

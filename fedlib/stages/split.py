@@ -30,6 +30,7 @@ def split_params(p: SimpleNamespace, method: str, seed: int, *, cut: str | None 
     t.rounds, t.clients_per_round = rounds or s.rounds, s.clients_per_round
     t.batch_size, t.lr, t.eval_every = s.batch_size, s.lr, s.eval_every
     t.eval_batch_size, t.train_loss_samples = s.eval_batch_size, s.train_loss_samples
+    t.grad_norm_every = 0        # ||grad f||^2 per round is the FL bound's input (fedlib/analysis), not a split one
     t.snapshot_rounds, t.target_accuracies = [], sorted({s.target_accuracy, s.mu_target_accuracy})
     q.partition.scheme, q.partition.num_clients, q.partition.alpha = s.scheme, s.num_clients, s.alpha
     q.partition.seed = s.partition_seed
