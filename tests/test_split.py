@@ -207,3 +207,20 @@ def test_mu_report_counts_only_runs_finished_at_the_current_params(tmp_path, mon
     assert c1["last10_accuracy_mean"] == pytest.approx(np.mean([np.mean(a) for a in accs.values()]))
     md = (tmp_path / "tau_cut.md").read_text()
     assert "| fc2 | 1 | 3/3 | 0 | 30 ± 0 (2/3) | 25 | 35 |" in md and "| fc2 | 2 | 2/3 |" in md
+
+
+def test_the_committed_heron_study_runs_match_the_code_that_would_rebuild_them():
+    """Every run in results/studies/heron/runs carries the fingerprint the current code computes for it, so
+    `dvc repro notebooks/studies/dvc.yaml` reuses them (a change to the split stage's settings, e.g. the
+    per-round gradient norm split_params turns off, must not silently orphan the committed study)."""
+    import json
+
+    from fedlib.stages import heron_study
+
+    p = config.load_params("params.yaml")
+    runs = [(heron_study.OUT / "runs" / f"{name}-seed{seed}" / "summary.json", method, over, seed)
+            for name, method, over in heron_study.configs(p) for seed in p.heron_study.seeds]
+    assert all(f.exists() for f, *_ in runs)
+    for f, method, over, seed in runs:
+        fp = engine.run_fingerprint(heron_study.run_params(p, method, over, seed), method, seed)
+        assert json.loads(f.read_text())["fingerprint"] == fp, f

@@ -30,12 +30,18 @@ def configs(p) -> list[tuple[str, str, dict]]:
     return out
 
 
-def run(p, name: str, method: str, over: dict, seed: int, fed) -> dict:
+def run_params(p, method: str, over: dict, seed: int):
+    """One run's params: the split stage's settings over heron_study.rounds, with the config's overrides."""
     h = p.heron_study
     q = split_params(p, method, seed, rounds=h.rounds)
     q.train.eval_every = h.eval_every
     q.train.grad_norm_every = 1    # as its committed runs were made (in their fingerprints); split_params sets 0
     vars(getattr(q.methods, method)).update(over)
+    return q
+
+
+def run(p, name: str, method: str, over: dict, seed: int, fed) -> dict:
+    q = run_params(p, method, over, seed)
     out = OUT / "runs" / f"{name}-seed{seed}"
     done = out / "summary.json"
     fp = engine.run_fingerprint(q, method, seed)
