@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+SPREAD_TOL = 1e-12  # an interval narrower than this is a zero spread that float rounding left non-zero
 EQUIV = 0.01       # "FedAvg ≈ FedSAM": the 95 % interval of the difference inside ±1 accuracy point
 
 
@@ -27,8 +28,8 @@ def verdict(lo: float, hi: float, n: int, equivalence: bool = False, margin: flo
     """Equivalence ("A ≈ B") within ±margin: the 95 % interval inside the band (two one-sided tests at 2.5 %)."""
     if n < 2 or np.isnan(lo):
         return f"cannot tell (n = {n})"
-    if lo == hi and not equivalence:     # no spread (e.g. equal integer round counts): a zero-width interval
-        return f"cannot tell (no spread; n = {n})"
+    if hi - lo <= SPREAD_TOL and not equivalence:   # no spread: equal differences (integer round counts; accuracy
+        return f"cannot tell (no spread; n = {n})"    # gaps of whole test samples, equal up to float rounding)
     if equivalence:
         return "holds" if -margin <= lo and hi <= margin else ("does not hold" if lo > margin or hi < -margin
                                                                else f"cannot tell (n = {n})")

@@ -66,6 +66,8 @@ def test_paired_interval_and_verdicts():
     assert paired_stats.verdict(-hi, -lo, 4) == "does not hold"
     assert paired_stats.verdict(-0.01, 0.02, 4).startswith("cannot tell")
     assert paired_stats.verdict(*paired_stats.interval([0.01])[1:], 1).startswith("cannot tell")
+    equal = [0.0042000000000000925, 0.0041999999999999815]   # two seeds 42 test samples apart, float-rounded
+    assert paired_stats.verdict(*paired_stats.interval(equal)[1:], 2) == "cannot tell (no spread; n = 2)"
     assert paired_stats.verdict(-0.004, 0.005, 3, equivalence=True) == "holds"
     assert paired_stats.verdict(0.02, 0.03, 3, equivalence=True) == "does not hold"
     assert claims_mod.rounds_or_censored({"rounds_to_target": {"0.9": None}}, 0.9, 300) == 301
