@@ -218,7 +218,7 @@ def test_the_committed_heron_study_runs_match_the_code_that_would_rebuild_them()
     from fedlib.stages import heron_study
 
     p = config.load_params("params.yaml")
-    runs = [(heron_study.OUT / "runs" / f"{name}-seed{seed}" / "summary.json", method, over, seed)
+    runs = [(heron_study.run_dir(name, seed) / "summary.json", method, over, seed)
             for name, method, over in heron_study.configs(p) for seed in p.heron_study.seeds]
     assert all(f.exists() for f, *_ in runs)
     for f, method, over, seed in runs:

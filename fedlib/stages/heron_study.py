@@ -40,9 +40,13 @@ def run_params(p, method: str, over: dict, seed: int):
     return q
 
 
+def run_dir(name: str, seed: int) -> Path:
+    return OUT / "runs" / f"{name}-seed{seed}"
+
+
 def run(p, name: str, method: str, over: dict, seed: int, fed) -> dict:
     q = run_params(p, method, over, seed)
-    out = OUT / "runs" / f"{name}-seed{seed}"
+    out = run_dir(name, seed)
     done = out / "summary.json"
     fp = engine.run_fingerprint(q, method, seed)
     if done.exists() and json.loads(done.read_text()).get("fingerprint") == fp:
@@ -60,7 +64,7 @@ def summarise(p) -> dict:
     rows = []
     for name, method, over in configs(p):
         for seed in p.heron_study.seeds:
-            f = OUT / "runs" / f"{name}-seed{seed}" / "summary.json"
+            f = run_dir(name, seed) / "summary.json"
             if f.exists():
                 s = json.loads(f.read_text())
                 rows.append({"config": name, "seed": seed, **over, "final_accuracy": s["final_accuracy"],
