@@ -52,7 +52,7 @@ def main(tests: list[str]) -> int:
             dst = Path(tmp)
             shutil.copytree(ROOT / "fedlib", dst / "fedlib", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
             shutil.copytree(ROOT / "tests", dst / "tests", ignore=shutil.ignore_patterns("__pycache__"))
-            for name in ("data", "params.yaml", "pyproject.toml"):
+            for name in ("data", "params.yaml", "pyproject.toml", "results"):
                 (dst / name).symlink_to(ROOT / name)
             src = (dst / f).read_text()
             assert src.count(old) == 1, f"{f}: {old!r} found {src.count(old)} times"
