@@ -3,17 +3,16 @@
 The fingerprint test (tests/test_fedwmsam_study.py) ties every committed run to the current params; this one ties
 them to the current code. The first two rounds of each method's Dirichlet-0.6 seed-0 run are retrained with the
 study's own settings and compared with the committed metrics.csv rows. On the 2-core AVX2 host that made them
-they agree bit for bit. On another CPU the floating-point order differs: the runs earlier sessions made on other hosts
-agree with this host's to 1e-6 (relative) in round 1 and drift by up to about 5e-3 by round 2, as float
-differences grow in early training; the round-2 tolerance leaves room for that. The test is there to tie results to code, not to replace the float64 rule tests: at these tolerances
+they agree bit for bit. On another CPU the floating-point order differs: the runs earlier sessions made on other
+hosts agree with this host's to 1e-6 (relative) in round 1 and drift by up to about 5e-3 by round 2, as float
+differences grow in early training; the round-2 tolerance leaves room for that. The test is there to tie
+results to code, not to replace the float64 rule tests: at these tolerances
 python tests/mutation_check.py tests/test_study_reproduces.py catches 8 of its 13 family mutants (the momentum's
 sign, 1/K_k and mix weight, the SAM normalisation, sampling with replacement, FedAvgM's and SCAFFOLD's signs,
 FedSMOO's proximal scale); the five that first act in round 2 by a few per cent or less (FedGAMMA's correction,
 FedLESAM's perturbation sign, FedSMOO's dual, FedWMSAM's alpha clip and personalised-momentum scale) are left to
 tests/test_update_rules.py.
 """
-import csv
-
 import pytest
 import torch
 
@@ -35,12 +34,12 @@ def cache():
 @pytest.mark.parametrize("method", study.load_params("params.yaml").study_fedwmsam.methods)
 def test_the_first_rounds_of_a_committed_study_run_are_reproduced(method, cache, tmp_path):
     committed = study.OUT / "main" / PART / method / str(SEED) / "metrics.csv"
-    old = list(csv.DictReader(committed.open()))[:ROUNDS]
+    old = engine._read_csv(committed)[:ROUNDS]
     p = study.study_params("params.yaml", method, PART)
     p.train.rounds = ROUNDS                                 # eta_r, the sampling and every rule depend on r only
     torch.set_num_threads(1)
     engine.train(p, method, SEED, tmp_path, fed=study.federation(p, cache), progress=False)
-    new = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    new = engine._read_csv(tmp_path / "metrics.csv")
     assert [r["round"] for r in new] == [r["round"] for r in old] == ["1", "2"]
     compared = 0
     for a, b in zip(old, new):
@@ -49,5 +48,6 @@ def test_the_first_rounds_of_a_committed_study_run_are_reproduced(method, cache,
             if a.get(key, "") != "":
                 assert float(b[key]) == pytest.approx(float(a[key]), rel=tol, abs=1e-9), (method, a["round"], key)
                 compared += 1
-        assert abs(float(b["test_accuracy"]) - float(a["test_accuracy"])) <= ACC_TOL[int(a["round"])], (method, a["round"])
+        gap = abs(float(b["test_accuracy"]) - float(a["test_accuracy"]))
+        assert gap <= ACC_TOL[int(a["round"])], (method, a["round"])
     assert compared >= 6
