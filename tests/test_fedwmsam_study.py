@@ -149,6 +149,23 @@ def test_switch_effects_average_the_on_minus_off_pairs_and_pair_by_seed():
     assert rep.switch_effects({}, variants, 0.01)["AA"]["verdict"] == "cannot tell (n = 0)"
 
 
+def test_rho_effects_pair_the_full_variant_at_rho_against_each_other_radius_by_seed():
+    from fedlib.stages.ablation import ablation_variants
+
+    variants = ablation_variants(0.01, [0.005, 0.01, 0.1])
+    last10 = {"PM+MP+AA": {0: 0.977, 1: 0.975, 2: 0.976}, "rho=0.1": {0: 0.972, 1: 0.969},   # seed 2 not run
+              "rho=0.005": {0: 0.978, 1: 0.975, 2: 0.974}, "PM+AA": {0: 0.5, 1: 0.5, 2: 0.5}}   # not a radius
+    e = rep.rho_effects(last10, variants, 0.01)
+    assert list(e) == ["rho 0.01 vs 0.005", "rho 0.01 vs 0.1"]
+    d = [0.005, 0.006]                                              # 0.977 - 0.972, 0.975 - 0.969
+    assert e["rho 0.01 vs 0.1"]["n"] == 2
+    assert (e["rho 0.01 vs 0.1"]["mean"], e["rho 0.01 vs 0.1"]["lo"], e["rho 0.01 vs 0.1"]["hi"]) == \
+        pytest.approx(paired_stats.interval(d))
+    assert e["rho 0.01 vs 0.1"]["verdict"] == paired_stats.verdict(*paired_stats.interval(d)[1:], 2)
+    assert e["rho 0.01 vs 0.005"]["mean"] == pytest.approx((-0.001 + 0.0 + 0.002) / 3)
+    assert rep.rho_effects({}, variants, 0.01)["rho 0.01 vs 0.1"]["verdict"] == "cannot tell (n = 0)"
+
+
 def test_accuracy_drift_is_the_last_window_minus_the_one_before():
     t = np.arange(300, dtype=float)
     ramp = np.stack([0.5 + 1e-4 * t, 0.6 + 3e-4 * t])            # two seeds rising 1e-4 and 3e-4 per round

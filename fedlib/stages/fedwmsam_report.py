@@ -200,6 +200,12 @@ def ablation(s) -> tuple[dict, dict]:
               "differ only in it, then over the seeds where all 8 are complete; 95 % t-interval; holds = it helps):",
               "", "| switch | n | effect | verdict |", "|---|---|---|---|"]
     lines += [f"| {k} | {e['n']} | {interval_text(e)} | {e['verdict']} |" for k, e in effects.items()]
+    radii = rho_effects({n: t["last10_by_seed"] for n, t in table.items()}, variants, s.rho)
+    lines += ["", f"The perturbation radius: last-10 accuracy of all three switches at rho = {s.rho:g} minus the same "
+              f"variant at another rho, paired by seed (95 % t-interval; holds = {s.rho:g} is better; the released "
+              f"code's default is 0.1):", "", "| comparison | n | difference | verdict |", "|---|---|---|---|"]
+    lines += [f"| {k} | {e['n']} | {interval_text(e)} | {e['verdict']} |" for k, e in radii.items()]
+    effects = {**effects, **radii}
     (OUT / "ablation.md").write_text(f"FedWMSAM at {s.ablation_partition}; PM personalised momentum, MP "
                                      f"momentum-guided perturbation, AA adaptive alpha; 'none' is FedCM.\n\n"
                                      + "\n".join(lines) + "\n")
@@ -224,6 +230,21 @@ def switch_effects(last10: dict[str, dict], variants: dict[str, dict], rho: floa
     for k, ps in pairs.items():
         mean, lo, hi = interval([np.mean([last10[on][sd] - last10[off][sd] for on, off in ps]) for sd in seeds])
         out[k] = {"n": len(seeds), "mean": mean, "lo": lo, "hi": hi, "verdict": verdict(lo, hi, len(seeds))}
+    return out
+
+
+def rho_effects(last10: dict[str, dict], variants: dict[str, dict], rho: float) -> dict[str, dict]:
+    """{"rho a vs b": paired effect}: last-10 accuracy of the all-switches variant at ``rho`` minus that at each
+    other rho of the sweep, over the seeds both have; mean and 95 % t-interval (holds = ``rho`` is better)."""
+    full = {hp["rho"]: n for n, hp in variants.items() if all(hp[k] for k in ABLATION_SWITCHES)}
+    out = {}
+    for r, name in sorted(full.items()):
+        if r != rho:
+            a, b = last10.get(full[rho], {}), last10.get(name, {})
+            seeds = sorted(set(a) & set(b))
+            mean, lo, hi = interval([a[sd] - b[sd] for sd in seeds])
+            out[f"rho {rho:g} vs {r:g}"] = {"n": len(seeds), "mean": mean, "lo": lo, "hi": hi,
+                                           "verdict": verdict(lo, hi, len(seeds))}
     return out
 
 
