@@ -54,7 +54,9 @@ def test_study_runs_skip_when_complete_and_report(project):
     assert q["n"] == 2 and q["mean"] == pytest.approx(np.mean([a[0] - a[2], a[1] - a[3]]))
     assert {v["verdict"].split(" (")[0] for v in res["verdicts"]} <= {"holds", "does not hold", "cannot tell"}
     assert res["ablation"]["none"]["personalised_momentum"] is False
-    assert set(res["ablation_effects"]) == {"PM", "MP", "AA", "all three"} and res["ablation_effects"]["PM"]["n"] == 1
+    effects = res["ablation_effects"]
+    assert set(effects) == {"PM", "MP", "AA", "all three", "rho 0.01 vs 0.05"} and effects["PM"]["n"] == 1
+    assert effects["rho 0.01 vs 0.05"]["n"] == 1
 
 
 def test_paired_interval_and_verdicts():
