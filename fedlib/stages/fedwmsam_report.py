@@ -7,7 +7,8 @@ Writes to results/studies/fedwmsam/:
   verdicts.md        one line per claim of the paper: holds / does not hold / cannot tell
   claims.md          the same verdicts as a grid, claim x partition, beside the paper's own figures (README headline)
   diagnostics.md     the family's failure-mode diagnostics over the long run (federated.family_summary)
-  ablation.md        switch combinations and rho at the ablation partition, and each switch's paired effect
+  ablation.md        switch combinations and rho at the ablation partition, each switch's paired effect, and
+                     rho = methods.fedwmsam.rho against each other radius (paired by seed)
   curves.png         accuracy, momentum echo and alpha_r per round (band: min..max over seeds), per partition
   ablation.png;  summary.json (everything above as data)
 """
