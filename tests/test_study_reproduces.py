@@ -20,6 +20,7 @@ import torch
 from fedlib import engine
 from fedlib.stages import fedwmsam_study as study
 from fedlib.stages.ablation import ablation_variants
+from fedlib.stages.common import run_dir
 
 PART, SEED, ROUNDS = "dirichlet-0.6", 0, 2
 TOL = {1: 1e-4, 2: 3e-2}                                   # relative, per round
@@ -36,7 +37,7 @@ def cache():
 @pytest.mark.parametrize("method", study.load_params("params.yaml").study_fedwmsam.methods)
 def test_the_first_rounds_of_a_committed_study_run_are_reproduced(method, cache, tmp_path):
     p = study.study_params("params.yaml", method, PART)
-    retrain_and_compare(p, method, study.OUT / "main" / PART / method / str(SEED) / "metrics.csv", cache, tmp_path)
+    retrain_and_compare(p, method, run_dir(study.OUT / "main" / PART, method, SEED), cache, tmp_path)
 
 
 @pytest.mark.parametrize("variant", ["none", "MP", "PM+AA", "rho=0.1"])
@@ -47,12 +48,11 @@ def test_the_first_rounds_of_a_committed_ablation_run_are_reproduced(variant, ca
     hp = ablation_variants(s.rho, s.ablation_rhos)[variant]
     p = study.study_params("params.yaml", "fedwmsam", s.ablation_partition,
                            {f"methods.fedwmsam.{k}": v for k, v in hp.items()})
-    retrain_and_compare(p, "fedwmsam", study.OUT / "ablation" / variant / "fedwmsam" / str(SEED) / "metrics.csv",
-                        cache, tmp_path)
+    retrain_and_compare(p, "fedwmsam", run_dir(study.OUT / "ablation" / variant, "fedwmsam", SEED), cache, tmp_path)
 
 
-def retrain_and_compare(p, method, committed, cache, tmp_path):
-    old = engine._read_csv(committed)[:ROUNDS]
+def retrain_and_compare(p, method, committed_run, cache, tmp_path):
+    old = engine._read_csv(committed_run / "metrics.csv")[:ROUNDS]
     p.train.rounds = ROUNDS                                 # eta_r, the sampling and every rule depend on r only
     torch.set_num_threads(1)
     engine.train(p, method, SEED, tmp_path, fed=study.federation(p, cache), progress=False)

@@ -196,16 +196,17 @@ def ablation(s) -> tuple[dict, dict]:
                      f" | {t['rho']:g} | {t['n']} | {t['final_accuracy']:.4f} | {mean_sd(list(t['last10_by_seed'].values()))} | "
                      f"{fmt_or_dash(t['sign_flip_share'], '.2f')} | "
                      f"{t['test_loss_swing']:.4f} | {fmt_or_dash(t['curvature_cos'], '.3f')} |")
-    effects = switch_effects({n: t["last10_by_seed"] for n, t in table.items()}, variants, s.rho)
+    last10 = {n: t["last10_by_seed"] for n, t in table.items()}
+    effects, radii = switch_effects(last10, variants, s.rho), rho_effects(last10, variants, s.rho)
+    rows = lambda es: [f"| {k} | {e['n']} | {interval_text(e)} | {e['verdict']} |" for k, e in es.items()]
     lines += ["", "Effect of each switch on last-10 accuracy (on − off, averaged over the 4 pairs of combinations that "
               "differ only in it, then over the seeds where all 8 are complete; 95 % t-interval; holds = it helps):",
               "", "| switch | n | effect | verdict |", "|---|---|---|---|"]
-    lines += [f"| {k} | {e['n']} | {interval_text(e)} | {e['verdict']} |" for k, e in effects.items()]
-    radii = rho_effects({n: t["last10_by_seed"] for n, t in table.items()}, variants, s.rho)
+    lines += rows(effects)
     lines += ["", f"The perturbation radius: last-10 accuracy of all three switches at rho = {s.rho:g} minus the same "
               f"variant at another rho, paired by seed (95 % t-interval; holds = {s.rho:g} is better; the released "
               f"code's default is 0.1):", "", "| comparison | n | difference | verdict |", "|---|---|---|---|"]
-    lines += [f"| {k} | {e['n']} | {interval_text(e)} | {e['verdict']} |" for k, e in radii.items()]
+    lines += rows(radii)
     effects = {**effects, **radii}
     (OUT / "ablation.md").write_text(f"FedWMSAM at {s.ablation_partition}; PM personalised momentum, MP "
                                      f"momentum-guided perturbation, AA adaptive alpha; 'none' is FedCM.\n\n"
@@ -238,14 +239,12 @@ def rho_effects(last10: dict[str, dict], variants: dict[str, dict], rho: float) 
     """{"rho a vs b": paired effect}: last-10 accuracy of the all-switches variant at ``rho`` minus that at each
     other rho of the sweep, over the seeds both have; mean and 95 % t-interval (holds = ``rho`` is better)."""
     full = {hp["rho"]: n for n, hp in variants.items() if all(hp[k] for k in ABLATION_SWITCHES)}
+    runs = {n: {sd: (v,) for sd, v in by_seed.items()} for n, by_seed in last10.items()}   # stats.paired's shape
     out = {}
     for r, name in sorted(full.items()):
         if r != rho:
-            a, b = last10.get(full[rho], {}), last10.get(name, {})
-            seeds = sorted(set(a) & set(b))
-            mean, lo, hi = interval([a[sd] - b[sd] for sd in seeds])
-            out[f"rho {rho:g} vs {r:g}"] = {"n": len(seeds), "mean": mean, "lo": lo, "hi": hi,
-                                           "verdict": verdict(lo, hi, len(seeds))}
+            q = paired(runs, full[rho], name, lambda v: v)
+            out[f"rho {rho:g} vs {r:g}"] = {**q, "verdict": verdict(q["lo"], q["hi"], q["n"])}
     return out
 
 
